@@ -1,0 +1,61 @@
+-- Projection `balances`: one row per account with its identity, its balance
+-- and how far into its stream the row is.
+--
+-- Kept inline: `projection_balances_apply` runs in the same statement as the
+-- append, so a read after a 201 sees the write. The row doubles as the
+-- aggregate's snapshot for the write path.
+--
+-- How each event type changes it:
+--   AccountOpened         inserts the row, balance 0
+--   FundsDeposited        balance := data.balance_after_cents
+--   BulkTransferBooked    balance := data.balance_after_cents
+--   BulkTransferRejected  balance unchanged
+--   every event           version, last_position, updated_at advance
+
+CREATE TABLE IF NOT EXISTS balances (
+    account_id        uuid        PRIMARY KEY,
+    organization_name text        NOT NULL,
+    iban              text        NOT NULL UNIQUE,
+    bic               text        NOT NULL,
+    currency          text        NOT NULL,
+    balance_cents     bigint      NOT NULL CHECK (balance_cents >= 0),
+    version           bigint      NOT NULL,
+    last_position     bigint      NOT NULL,
+    opened_at         timestamptz NOT NULL,
+    updated_at        timestamptz NOT NULL
+);
+
+-- Applies a batch of events (any streams, each stream's events in version
+-- order, no event twice). Set-based, so the same function serves the inline
+-- path (one command's events) and a rebuild (a range of the log).
+CREATE OR REPLACE FUNCTION projection_balances_apply(batch events[]) RETURNS bigint
+LANGUAGE sql AS $$
+    INSERT INTO balances (account_id, organization_name, iban, bic, currency,
+                          balance_cents, version, last_position, opened_at, updated_at)
+    SELECT e.stream_id, e.data->>'organization_name', e.data->>'iban', e.data->>'bic',
+           e.data->>'currency', 0, e.version, e.position, e.recorded_at, e.recorded_at
+    FROM unnest(batch) AS e
+    WHERE e.event_type = 'AccountOpened';
+
+    WITH per_stream AS (
+        SELECT e.stream_id,
+               max(e.version) AS version,
+               max(e.position) AS last_position,
+               max(e.recorded_at) AS updated_at,
+               (array_agg((e.data->>'balance_after_cents')::bigint ORDER BY e.version DESC)
+                   FILTER (WHERE e.event_type IN ('FundsDeposited', 'BulkTransferBooked')))[1]
+                   AS balance_cents
+        FROM unnest(batch) AS e
+        GROUP BY e.stream_id
+    ), updated AS (
+        UPDATE balances AS b
+        SET balance_cents = coalesce(s.balance_cents, b.balance_cents),
+            version = s.version,
+            last_position = s.last_position,
+            updated_at = s.updated_at
+        FROM per_stream AS s
+        WHERE b.account_id = s.stream_id
+        RETURNING 1
+    )
+    SELECT count(*) FROM updated;
+$$;

@@ -1,0 +1,60 @@
+-- Projection `transactions`: an account's history, one row per booked
+-- movement (a deposit, or one transfer of a bulk), with the balance right
+-- after it.
+--
+-- How each event type changes it:
+--   AccountOpened         nothing
+--   FundsDeposited        one row, amount +amount_cents, kind 'deposit'
+--   BulkTransferBooked    one row per transfer, in request order, amount
+--                         -amount_cents, kind 'transfer', running balance
+--   BulkTransferRejected  nothing (no money moved; the event stays in the log)
+
+CREATE TABLE IF NOT EXISTS transactions (
+    account_id          uuid        NOT NULL,
+    -- (position, seq) orders the history: seq numbers the transfers of one
+    -- bulk event, 1 for a deposit.
+    position            bigint      NOT NULL,
+    seq                 integer     NOT NULL,
+    transaction_id      uuid        NOT NULL,
+    kind                text        NOT NULL,
+    amount_cents        bigint      NOT NULL,
+    currency            text        NOT NULL,
+    counterparty_name   text,
+    counterparty_iban   text,
+    counterparty_bic    text,
+    description         text,
+    bulk_id             uuid,
+    balance_after_cents bigint      NOT NULL,
+    recorded_at         timestamptz NOT NULL,
+    PRIMARY KEY (account_id, position, seq)
+);
+
+CREATE OR REPLACE FUNCTION projection_transactions_apply(batch events[]) RETURNS bigint
+LANGUAGE sql AS $$
+    WITH inserted AS (
+        INSERT INTO transactions (account_id, position, seq, transaction_id, kind, amount_cents,
+                                  currency, counterparty_name, counterparty_iban, counterparty_bic,
+                                  description, bulk_id, balance_after_cents, recorded_at)
+        SELECT e.stream_id, e.position, 1, (e.data->>'deposit_id')::uuid, 'deposit',
+               (e.data->>'amount_cents')::bigint, e.data->>'currency', NULL, NULL, NULL,
+               e.data->>'reference', NULL, (e.data->>'balance_after_cents')::bigint, e.recorded_at
+        FROM unnest(batch) AS e
+        WHERE e.event_type = 'FundsDeposited'
+        UNION ALL
+        -- The balance after the i-th transfer of a bulk is the balance before
+        -- the bulk minus the transfers up to and including it.
+        SELECT e.stream_id, e.position, t.seq::integer, (t.item->>'transfer_id')::uuid, 'transfer',
+               -(t.item->>'amount_cents')::bigint, t.item->>'currency',
+               t.item->>'counterparty_name', t.item->>'counterparty_iban',
+               t.item->>'counterparty_bic', t.item->>'description', (e.data->>'bulk_id')::uuid,
+               (e.data->>'balance_after_cents')::bigint + (e.data->>'total_cents')::bigint
+                 - sum((t.item->>'amount_cents')::bigint)
+                     OVER (PARTITION BY e.position ORDER BY t.seq),
+               e.recorded_at
+        FROM unnest(batch) AS e
+        CROSS JOIN LATERAL jsonb_array_elements(e.data->'transfers') WITH ORDINALITY AS t(item, seq)
+        WHERE e.event_type = 'BulkTransferBooked'
+        RETURNING 1
+    )
+    SELECT count(*) FROM inserted;
+$$;

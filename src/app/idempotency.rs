@@ -1,0 +1,86 @@
+//! Idempotency keys (SPEC §2.4): a repeat with the same key and body gets
+//! the first response again; the same key with another body is a conflict.
+
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use crate::event_store::hash::canonical_json;
+use crate::problem::{FieldError, Problem};
+
+pub const KEY_BYTES_MAX: usize = 255;
+
+/// A validated `Idempotency-Key` header: 1 to 255 printable ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(raw: &[u8]) -> Result<IdempotencyKey, Problem> {
+        let printable = raw.iter().all(|b| (0x20..=0x7e).contains(b));
+        if raw.is_empty() || raw.len() > KEY_BYTES_MAX || !printable {
+            return Err(Problem::validation(vec![FieldError::new(
+                "Idempotency-Key",
+                format!("must be 1 to {KEY_BYTES_MAX} printable ASCII characters"),
+            )]));
+        }
+        // Checked above: ASCII is UTF-8.
+        Ok(IdempotencyKey(String::from_utf8_lossy(raw).into_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Fingerprint of a request: method, path and body. A JSON body is hashed
+/// in canonical form, so the same document with its keys in another order
+/// or other whitespace is the same request.
+pub fn request_hash(method: &str, path: &str, body: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(method.as_bytes());
+    hasher.update([0]);
+    hasher.update(path.as_bytes());
+    hasher.update([0]);
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(json) => {
+            let mut canonical = Vec::with_capacity(body.len());
+            canonical_json(&json, &mut canonical);
+            hasher.update(b"json\0");
+            hasher.update(&canonical);
+        }
+        Err(_) => {
+            hasher.update(b"raw\0");
+            hasher.update(body);
+        }
+    }
+    hasher.finalize().into()
+}
+
+/// The response recorded for a key.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub request_hash: Vec<u8>,
+    pub status: u16,
+    pub body: String,
+}
+
+pub async fn lookup(pool: &PgPool, key: &IdempotencyKey) -> Result<Option<Recorded>, sqlx::Error> {
+    let row: Option<(Vec<u8>, i16, String)> =
+        sqlx::query_as("SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE key = $1")
+            .bind(key.as_str())
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|(request_hash, status, body)| Recorded {
+        request_hash,
+        status: status as u16,
+        body,
+    }))
+}
+
+pub fn key_reused() -> Problem {
+    Problem::new(
+        409,
+        "idempotency-key-reused",
+        "Idempotency key reused",
+        "this Idempotency-Key was already used with a different request",
+    )
+}

@@ -1,0 +1,579 @@
+//! Command handlers and queries: load → decide → append, with idempotency
+//! and retries; reads from the projections.
+
+pub mod idempotency;
+pub mod requests;
+pub mod views;
+
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::{
+    self, Account, Bic, Command, Currency, DepositCommand, Event, Iban, IbanCheck, OpenAccountCommand, Refusal,
+    TransferBulkCommand, TransferLine, format_amount,
+};
+use crate::event_store::{self, AppendError, IdempotencyRecord, StreamHead};
+use crate::problem::{FieldError, Problem};
+use idempotency::IdempotencyKey;
+use requests::{BulkTransferRequest, DepositRequest, OpenAccountRequest};
+use views::{AccountView, BulkTransferView, DepositView, TransactionPage, TransactionView, amount_text};
+
+/// Named limits (SPEC §2.3, §3), each enforced where its input arrives.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes (413 above).
+    pub body_bytes_max: usize,
+    /// Most transfers in one bulk (400 above).
+    pub transfers_per_bulk_max: usize,
+    pub page_size_default: u32,
+    /// Largest `limit` a history page may ask for (400 above).
+    pub page_size_max: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            body_bytes_max: 10 * 1024 * 1024,
+            transfers_per_bulk_max: 10_000,
+            page_size_default: 50,
+            page_size_max: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub iban_check: IbanCheck,
+    pub limits: Limits,
+}
+
+/// A 4xx the client can act on, or an operational failure (5xx) that is
+/// logged and never shown. The two never share a variant.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{}: {}", .0.title, .0.detail)]
+    Client(Problem),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<Problem> for AppError {
+    fn from(problem: Problem) -> AppError {
+        AppError::Client(problem)
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(error: sqlx::Error) -> AppError {
+        AppError::Internal(anyhow::Error::new(error).context("database"))
+    }
+}
+
+/// A command's answer: what the HTTP layer sends, byte for byte. Recorded
+/// outcomes (201, and the 422 of a refused bulk) are replayed for a repeated
+/// idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandResponse {
+    pub status: u16,
+    pub body: String,
+    pub replayed: bool,
+}
+
+/// Who asked, for the event metadata, and the idempotency key if any.
+#[derive(Debug, Clone, Default)]
+pub struct CommandContext {
+    pub request_id: String,
+    pub idempotency: Option<(IdempotencyKey, [u8; 32])>,
+}
+
+/// Stripes of in-process locks: commands on one account are decided one
+/// after the other in this process, so they do not fight over the stream
+/// version. Across processes, optimistic concurrency still decides.
+const LOCK_STRIPES: usize = 1024;
+/// Version conflicts tolerated before a command gives up (only other
+/// processes can cause them).
+const APPEND_ATTEMPTS_MAX: u32 = 64;
+
+pub struct Ledger {
+    pool: PgPool,
+    settings: Settings,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+/// Account ids are derived from the IBAN (UUID v5), so the event store's
+/// unique (stream, version) constraint alone makes an IBAN open only once.
+const ACCOUNT_NAMESPACE: Uuid = Uuid::from_u128(0x6c65_6467_6572_4000_8000_6163_636f_756e);
+
+pub fn account_id_for(iban: &Iban) -> Uuid {
+    Uuid::new_v5(&ACCOUNT_NAMESPACE, iban.as_str().as_bytes())
+}
+
+impl Ledger {
+    pub fn new(pool: PgPool, settings: Settings) -> Ledger {
+        Ledger {
+            pool,
+            settings,
+            stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Parses an IBAN given in a path or flag, to look an account up: the
+    /// shape is checked (garbage is a 400), not the check digits, so an
+    /// account stays reachable whatever `LEDGER_IBAN_CHECK` says today.
+    pub fn lookup_iban(&self, text: &str, field: &str) -> Result<Iban, Problem> {
+        Iban::parse(text, IbanCheck::Structure).map_err(|e| Problem::validation(vec![FieldError::new(field, e.to_string())]))
+    }
+
+    // ---- commands -------------------------------------------------------
+
+    pub async fn open_account(&self, ctx: &CommandContext, request: OpenAccountRequest) -> Result<CommandResponse, AppError> {
+        let account_id = account_id_for(&request.iban);
+        let command = Command::OpenAccount(OpenAccountCommand {
+            account_id,
+            organization_name: request.organization_name,
+            iban: request.iban.clone(),
+            bic: request.bic,
+            currency: request.currency,
+        });
+        self.execute(ctx, &request.iban, &command, |state, events| {
+            let account = domain::evolve(state.cloned(), events);
+            Ok((201, to_json(&AccountView::of(&account, None))))
+        })
+        .await
+    }
+
+    pub async fn deposit(&self, ctx: &CommandContext, iban: &Iban, request: DepositRequest) -> Result<CommandResponse, AppError> {
+        let deposit_id = Uuid::now_v7();
+        // The account's currency decides how many digits the amount may have,
+        // so the command is built once the account is known.
+        let account = self.load(iban).await?.map(|(account, _)| account);
+        let currency = request
+            .currency
+            .or(account.as_ref().map(|a| a.currency))
+            .unwrap_or(Currency::EUR);
+        let amount_cents = request
+            .amount
+            .to_minor(currency)
+            .map_err(|e| Problem::validation(vec![FieldError::new("amount", e.to_string())]))?;
+        let command = Command::Deposit(DepositCommand {
+            deposit_id,
+            amount_cents,
+            currency,
+            reference: request.reference.clone(),
+        });
+        self.execute(ctx, iban, &command, |state, events| {
+            let account = domain::evolve(state.cloned(), events);
+            Ok((
+                201,
+                to_json(&DepositView {
+                    transaction_id: deposit_id,
+                    account_id: account.account_id,
+                    iban: account.iban.to_string(),
+                    amount: format_amount(amount_cents, currency),
+                    amount_cents,
+                    currency: currency.code().to_owned(),
+                    reference: request.reference.clone(),
+                    balance: format_amount(account.balance_cents, account.currency),
+                    balance_cents: account.balance_cents,
+                    version: account.version,
+                }),
+            ))
+        })
+        .await
+    }
+
+    pub async fn transfer_bulk(&self, ctx: &CommandContext, request: BulkTransferRequest) -> Result<CommandResponse, AppError> {
+        let bulk_id = Uuid::now_v7();
+        let command = Command::TransferBulk(TransferBulkCommand {
+            bulk_id,
+            organization_name: request.organization_name,
+            organization_bic: request.organization_bic,
+            transfers: request
+                .credit_transfers
+                .into_iter()
+                .map(|t| TransferLine {
+                    transfer_id: Uuid::now_v7(),
+                    amount_cents: t.amount_cents,
+                    currency: t.currency,
+                    counterparty_name: t.counterparty_name,
+                    counterparty_iban: t.counterparty_iban,
+                    counterparty_bic: t.counterparty_bic,
+                    description: t.description,
+                })
+                .collect(),
+        });
+        self.execute(ctx, &request.organization_iban, &command, |state, events| {
+            let account = domain::evolve(state.cloned(), events);
+            match &events[..] {
+                [Event::BulkTransferBooked {
+                    bulk_id,
+                    currency,
+                    total_cents,
+                    balance_after_cents,
+                    transfers,
+                }] => Ok((
+                    201,
+                    to_json(&BulkTransferView {
+                        bulk_id: *bulk_id,
+                        account_id: account.account_id,
+                        iban: account.iban.to_string(),
+                        transfer_count: transfers.len(),
+                        transfer_ids: transfers.iter().map(|t| t.transfer_id).collect(),
+                        currency: currency.code().to_owned(),
+                        total: format_amount(*total_cents, *currency),
+                        total_cents: *total_cents,
+                        balance_after: format_amount(*balance_after_cents, *currency),
+                        balance_after_cents: *balance_after_cents,
+                        version: account.version,
+                    }),
+                )),
+                [Event::BulkTransferRejected {
+                    bulk_id,
+                    currency,
+                    requested_cents,
+                    available_cents,
+                    ..
+                }] => {
+                    let problem = Problem::new(
+                        422,
+                        "insufficient-funds",
+                        "Insufficient funds",
+                        format!(
+                            "the balance of {} {currency} does not cover the bulk total of {} {currency}; nothing was booked",
+                            format_amount(*available_cents, *currency),
+                            format_amount(*requested_cents, *currency),
+                        ),
+                    )
+                    .with("bulk_id", bulk_id.to_string())
+                    .with("currency", currency.code())
+                    .with("requested", format_amount(*requested_cents, *currency))
+                    .with("requested_cents", *requested_cents)
+                    .with("available", format_amount(*available_cents, *currency))
+                    .with("available_cents", *available_cents);
+                    Ok((422, problem.to_json()))
+                }
+                other => Err(AppError::Internal(anyhow::anyhow!("bulk decided unexpected events: {other:?}"))),
+            }
+        })
+        .await
+    }
+
+    /// Load → decide → append, retried on a version conflict; the response
+    /// is rendered before the append so it can be recorded with the events
+    /// under the idempotency key, in the same statement.
+    async fn execute<F>(&self, ctx: &CommandContext, iban: &Iban, command: &Command, render: F) -> Result<CommandResponse, AppError>
+    where
+        F: Fn(Option<&Account>, &[Event]) -> Result<(u16, String), AppError>,
+    {
+        if let Some(recorded) = self.replay(ctx).await? {
+            return Ok(recorded);
+        }
+        let _turn = self.stripe(iban).lock().await;
+        let stream_id = account_id_for(iban);
+        let metadata = json!({
+            "request_id": ctx.request_id,
+            "idempotency_key": ctx.idempotency.as_ref().map(|(key, _)| key.as_str()),
+            "command": command_name(command),
+        });
+        for attempt in 0..APPEND_ATTEMPTS_MAX {
+            let loaded = self.load(iban).await?;
+            let (state, head) = match &loaded {
+                Some((account, head)) => (Some(account), *head),
+                None => (None, StreamHead::EMPTY),
+            };
+            let events = domain::decide(state, command).map_err(|refusal| refusal_problem(&refusal, iban))?;
+            let (status, body) = render(state, &events)?;
+            let record = ctx.idempotency.as_ref().map(|(key, request_hash)| IdempotencyRecord {
+                key: key.as_str().to_owned(),
+                request_hash: *request_hash,
+                response_status: status,
+                response_body: body.clone(),
+            });
+            match event_store::append(&self.pool, stream_id, head, &events, &metadata, Utc::now(), record.as_ref()).await {
+                Ok(_) => {
+                    return Ok(CommandResponse {
+                        status,
+                        body,
+                        replayed: false,
+                    });
+                }
+                Err(AppendError::VersionConflict) => {
+                    tracing::debug!(%stream_id, attempt, "version conflict, deciding again");
+                    tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(20)))).await;
+                }
+                Err(AppendError::IdempotencyKeyTaken) => {
+                    return self
+                        .replay(ctx)
+                        .await?
+                        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("idempotency key taken but not found")));
+                }
+                Err(AppendError::Database(error)) => return Err(error.into()),
+            }
+        }
+        Err(AppError::Internal(anyhow::anyhow!(
+            "stream {stream_id} still conflicting after {APPEND_ATTEMPTS_MAX} attempts"
+        )))
+    }
+
+    /// The recorded response for this request's idempotency key, if any.
+    async fn replay(&self, ctx: &CommandContext) -> Result<Option<CommandResponse>, AppError> {
+        let Some((key, request_hash)) = &ctx.idempotency else {
+            return Ok(None);
+        };
+        match idempotency::lookup(&self.pool, key).await? {
+            None => Ok(None),
+            Some(recorded) if recorded.request_hash == request_hash.as_slice() => Ok(Some(CommandResponse {
+                status: recorded.status,
+                body: recorded.body,
+                replayed: true,
+            })),
+            Some(_) => Err(idempotency::key_reused().into()),
+        }
+    }
+
+    fn stripe(&self, iban: &Iban) -> &tokio::sync::Mutex<()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        iban.hash(&mut hasher);
+        &self.stripes[(hasher.finish() as usize) % LOCK_STRIPES]
+    }
+
+    /// The account's current state and stream head, from the balances
+    /// projection (kept in the append's statement, so it is the snapshot).
+    async fn load(&self, iban: &Iban) -> Result<Option<(Account, StreamHead)>, AppError> {
+        let row: Option<AccountRow> = sqlx::query_as(
+            "SELECT b.account_id, b.organization_name, b.iban, b.bic, b.currency, b.balance_cents, b.version, \
+                    b.last_position, e.hash \
+             FROM balances b JOIN events e ON e.stream_id = b.account_id AND e.version = b.version \
+             WHERE b.account_id = $1",
+        )
+        .bind(account_id_for(iban))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(AccountRow::into_state).transpose()
+    }
+
+    // ---- queries --------------------------------------------------------
+
+    pub async fn account(&self, iban: &Iban) -> Result<AccountView, AppError> {
+        let row: Option<AccountRow> = sqlx::query_as(
+            "SELECT account_id, organization_name, iban, bic, currency, balance_cents, version, last_position, \
+                    NULL::bytea AS hash \
+             FROM balances WHERE account_id = $1",
+        )
+        .bind(account_id_for(iban))
+        .fetch_optional(&self.pool)
+        .await?;
+        let row = row.ok_or_else(|| account_not_found(iban))?;
+        let position = row.last_position;
+        let (account, _) = row.into_state()?;
+        Ok(AccountView::of(&account, Some(position)))
+    }
+
+    pub async fn transactions(&self, iban: &Iban, limit: Option<&str>, cursor: Option<&str>) -> Result<TransactionPage, AppError> {
+        let limits = &self.settings.limits;
+        let mut errors = Vec::new();
+        let limit = match limit {
+            None => limits.page_size_default,
+            Some(text) => match text.parse::<u32>() {
+                Ok(n) if (1..=limits.page_size_max).contains(&n) => n,
+                _ => {
+                    errors.push(FieldError::new(
+                        "limit",
+                        format!("must be an integer from 1 to {}", limits.page_size_max),
+                    ));
+                    0
+                }
+            },
+        };
+        let cursor = match cursor {
+            None => None,
+            Some(text) => match parse_cursor(text) {
+                Some(c) => Some(c),
+                None => {
+                    errors.push(FieldError::new("cursor", "is not a cursor returned by this endpoint"));
+                    None
+                }
+            },
+        };
+        if !errors.is_empty() {
+            return Err(Problem::validation(errors).into());
+        }
+        let account_id = account_id_for(iban);
+        let exists: Option<(i64,)> = sqlx::query_as("SELECT version FROM balances WHERE account_id = $1")
+            .bind(account_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        if exists.is_none() {
+            return Err(account_not_found(iban).into());
+        }
+        let (before_position, before_seq) = cursor.unwrap_or((i64::MAX, i32::MAX));
+        // One more row than asked tells whether another page exists.
+        let rows: Vec<TransactionRow> = sqlx::query_as(
+            "SELECT position, seq, transaction_id, kind, amount_cents, currency, counterparty_name, counterparty_iban, \
+                    counterparty_bic, description, bulk_id, balance_after_cents, recorded_at \
+             FROM transactions \
+             WHERE account_id = $1 AND (position, seq) < ($2, $3) \
+             ORDER BY position DESC, seq DESC LIMIT $4",
+        )
+        .bind(account_id)
+        .bind(before_position)
+        .bind(before_seq)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let more = rows.len() > limit as usize;
+        let rows = &rows[..rows.len().min(limit as usize)];
+        let next_cursor = more.then(|| rows.last().map(|r| format!("{}.{}", r.position, r.seq))).flatten();
+        Ok(TransactionPage {
+            items: rows.iter().map(TransactionRow::view).collect(),
+            next_cursor,
+        })
+    }
+}
+
+fn parse_cursor(text: &str) -> Option<(i64, i32)> {
+    let (position, seq) = text.split_once('.')?;
+    Some((position.parse().ok()?, seq.parse().ok()?))
+}
+
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::OpenAccount(_) => "OpenAccount",
+        Command::Deposit(_) => "Deposit",
+        Command::TransferBulk(_) => "TransferBulk",
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Views are plain structs of strings and numbers.
+    serde_json::to_string(value).expect("view serialises")
+}
+
+fn account_not_found(iban: &Iban) -> Problem {
+    Problem::not_found(format!("no account with IBAN {iban}"))
+}
+
+fn refusal_problem(refusal: &Refusal, iban: &Iban) -> Problem {
+    match refusal {
+        Refusal::AlreadyOpen => Problem::new(409, "account-exists", "Account already exists", format!("an account with IBAN {iban} already exists")),
+        Refusal::AccountNotFound => account_not_found(iban),
+        Refusal::OrganizationMismatch => Problem::not_found(format!(
+            "no account with IBAN {iban} for this organization name and BIC"
+        )),
+        Refusal::CurrencyMismatch {
+            requested,
+            account,
+            transfer_index,
+        } => {
+            let field = match transfer_index {
+                Some(index) => format!("credit_transfers[{index}].currency"),
+                None => "currency".to_owned(),
+            };
+            let mut problem = Problem::new(
+                422,
+                "currency-mismatch",
+                "Currency mismatch",
+                format!("{field} is {requested} but the account holds {account}"),
+            );
+            problem.errors.push(FieldError::new(field, format!("must be the account's currency, {account}")));
+            problem
+        }
+        Refusal::EmptyBulk => Problem::validation(vec![FieldError::new("credit_transfers", "must contain at least one transfer")]),
+        Refusal::BalanceLimit => Problem::new(
+            422,
+            "balance-limit",
+            "Balance limit",
+            "the resulting balance would exceed the largest amount the ledger represents",
+        ),
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AccountRow {
+    account_id: Uuid,
+    organization_name: String,
+    iban: String,
+    bic: String,
+    currency: String,
+    balance_cents: i64,
+    version: i64,
+    last_position: i64,
+    hash: Option<Vec<u8>>,
+}
+
+impl AccountRow {
+    fn into_state(self) -> Result<(Account, StreamHead), AppError> {
+        let corrupt = |what: &str| AppError::Internal(anyhow::anyhow!("balances row of {} has an invalid {what}", self.account_id));
+        let account = Account {
+            account_id: self.account_id,
+            organization_name: self.organization_name.clone(),
+            iban: Iban::parse(&self.iban, IbanCheck::Structure).map_err(|_| corrupt("IBAN"))?,
+            bic: Bic::parse(&self.bic).map_err(|_| corrupt("BIC"))?,
+            currency: Currency::parse(&self.currency).map_err(|_| corrupt("currency"))?,
+            balance_cents: self.balance_cents,
+            version: self.version,
+        };
+        let hash = match &self.hash {
+            Some(bytes) => bytes.as_slice().try_into().map_err(|_| corrupt("head hash"))?,
+            None => [0; 32],
+        };
+        Ok((
+            account,
+            StreamHead {
+                version: self.version,
+                hash,
+            },
+        ))
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct TransactionRow {
+    position: i64,
+    seq: i32,
+    transaction_id: Uuid,
+    kind: String,
+    amount_cents: i64,
+    currency: String,
+    counterparty_name: Option<String>,
+    counterparty_iban: Option<String>,
+    counterparty_bic: Option<String>,
+    description: Option<String>,
+    bulk_id: Option<Uuid>,
+    balance_after_cents: i64,
+    recorded_at: chrono::DateTime<Utc>,
+}
+
+impl TransactionRow {
+    fn view(&self) -> TransactionView {
+        TransactionView {
+            transaction_id: self.transaction_id,
+            kind: self.kind.clone(),
+            amount: amount_text(self.amount_cents, &self.currency),
+            amount_cents: self.amount_cents,
+            currency: self.currency.clone(),
+            counterparty_name: self.counterparty_name.clone(),
+            counterparty_iban: self.counterparty_iban.clone(),
+            counterparty_bic: self.counterparty_bic.clone(),
+            description: self.description.clone(),
+            bulk_id: self.bulk_id,
+            balance_after: amount_text(self.balance_after_cents, &self.currency),
+            balance_after_cents: self.balance_after_cents,
+            recorded_at: self.recorded_at,
+            position: self.position,
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! Request bodies, parsed into commands. Every invalid field is reported at
+//! once, by its JSON path, so a client fixes a payroll file in one go.
+
+use serde_json::{Map, Value};
+
+use crate::domain::{Amount, Bic, Currency, Iban, IbanCheck};
+use crate::problem::FieldError;
+
+/// Longest free text accepted: a SEPA name is at most 70 characters and
+/// unstructured remittance information at most 140.
+pub const NAME_CHARS_MAX: usize = 140;
+pub const TEXT_CHARS_MAX: usize = 140;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenAccountRequest {
+    pub organization_name: String,
+    pub iban: Iban,
+    pub bic: Bic,
+    pub currency: Currency,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DepositRequest {
+    pub amount: Amount,
+    /// When absent, the account's currency.
+    pub currency: Option<Currency>,
+    pub reference: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BulkTransferRequest {
+    pub organization_name: String,
+    pub organization_bic: Bic,
+    pub organization_iban: Iban,
+    pub credit_transfers: Vec<CreditTransferRequest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditTransferRequest {
+    pub amount_cents: i64,
+    pub currency: Currency,
+    pub counterparty_name: String,
+    pub counterparty_bic: Bic,
+    pub counterparty_iban: Iban,
+    pub description: String,
+}
+
+/// Collects field errors while reading a JSON document.
+#[derive(Default)]
+struct Reader {
+    errors: Vec<FieldError>,
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() { name.to_owned() } else { format!("{prefix}.{name}") }
+}
+
+impl Reader {
+    fn fail(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError::new(field, message));
+    }
+
+    fn object<'v>(&mut self, value: &'v Value, path: &str) -> Option<&'v Map<String, Value>> {
+        match value {
+            Value::Object(map) => Some(map),
+            _ => {
+                let field = if path.is_empty() { "body" } else { path };
+                self.fail(field, "must be a JSON object");
+                None
+            }
+        }
+    }
+
+    /// A string field: trimmed, non-empty, at most `max_chars` characters.
+    fn text<'v>(&mut self, obj: &'v Map<String, Value>, prefix: &str, name: &str, required: bool, max_chars: usize) -> Option<&'v str> {
+        let path = join(prefix, name);
+        match obj.get(name) {
+            None | Some(Value::Null) => {
+                if required {
+                    self.fail(path, "is required");
+                }
+                None
+            }
+            Some(Value::String(text)) => {
+                let text = text.trim();
+                if required && text.is_empty() {
+                    self.fail(path, "must not be empty");
+                    None
+                } else if text.chars().count() > max_chars {
+                    self.fail(path, format!("must be at most {max_chars} characters"));
+                    None
+                } else if text.chars().any(char::is_control) {
+                    self.fail(path, "must not contain control characters");
+                    None
+                } else {
+                    Some(text)
+                }
+            }
+            Some(_) => {
+                self.fail(path, "must be a string");
+                None
+            }
+        }
+    }
+
+    fn iban(&mut self, obj: &Map<String, Value>, prefix: &str, name: &str, check: IbanCheck) -> Option<Iban> {
+        let text = self.text(obj, prefix, name, true, 64)?;
+        Iban::parse(text, check).map_err(|e| self.fail(join(prefix, name), e.to_string())).ok()
+    }
+
+    fn bic(&mut self, obj: &Map<String, Value>, prefix: &str, name: &str) -> Option<Bic> {
+        let text = self.text(obj, prefix, name, true, 64)?;
+        Bic::parse(text).map_err(|e| self.fail(join(prefix, name), e.to_string())).ok()
+    }
+
+    fn currency(&mut self, obj: &Map<String, Value>, prefix: &str, name: &str, required: bool) -> Option<Currency> {
+        let text = self.text(obj, prefix, name, required, 16)?;
+        Currency::parse(text).map_err(|e| self.fail(join(prefix, name), e.to_string())).ok()
+    }
+
+    /// An amount, as a decimal string or a JSON number read from its text
+    /// (serde_json's `arbitrary_precision` keeps the digits; no f64 ever).
+    fn amount(&mut self, obj: &Map<String, Value>, prefix: &str, name: &str) -> Option<Amount> {
+        let path = join(prefix, name);
+        let text = match obj.get(name) {
+            None | Some(Value::Null) => {
+                self.fail(path, "is required");
+                return None;
+            }
+            Some(Value::String(text)) => text.as_str(),
+            Some(Value::Number(number)) => number.as_str(),
+            Some(_) => {
+                self.fail(path, "must be a decimal string such as \"14.50\"");
+                return None;
+            }
+        };
+        Amount::parse(text).map_err(|e| self.fail(path, e.to_string())).ok()
+    }
+
+    fn finish<T>(self, value: Option<T>) -> Result<T, Vec<FieldError>> {
+        match value {
+            Some(value) if self.errors.is_empty() => Ok(value),
+            _ => Err(self.errors),
+        }
+    }
+}
+
+pub fn parse_open_account(body: &Value, check: IbanCheck) -> Result<OpenAccountRequest, Vec<FieldError>> {
+    let mut reader = Reader::default();
+    let parsed = reader.object(body, "").and_then(|obj| {
+        let organization_name = reader.text(obj, "", "organization_name", true, NAME_CHARS_MAX);
+        let iban = reader.iban(obj, "", "iban", check);
+        let bic = reader.bic(obj, "", "bic");
+        let currency = match obj.get("currency") {
+            None | Some(Value::Null) => Some(Currency::EUR),
+            Some(_) => reader.currency(obj, "", "currency", true),
+        };
+        Some(OpenAccountRequest {
+            organization_name: organization_name?.to_owned(),
+            iban: iban?,
+            bic: bic?,
+            currency: currency?,
+        })
+    });
+    reader.finish(parsed)
+}
+
+pub fn parse_deposit(body: &Value) -> Result<DepositRequest, Vec<FieldError>> {
+    let mut reader = Reader::default();
+    let parsed = reader.object(body, "").and_then(|obj| {
+        let amount = reader.amount(obj, "", "amount");
+        let currency_given = !matches!(obj.get("currency"), None | Some(Value::Null));
+        let currency = reader.currency(obj, "", "currency", false);
+        let reference = reader.text(obj, "", "reference", false, TEXT_CHARS_MAX);
+        if currency_given && currency.is_none() {
+            return None;
+        }
+        Some(DepositRequest {
+            amount: amount?,
+            currency,
+            reference: reference.filter(|r| !r.is_empty()).map(str::to_owned),
+        })
+    });
+    reader.finish(parsed)
+}
+
+pub fn parse_bulk_transfer(body: &Value, check: IbanCheck, transfers_max: usize) -> Result<BulkTransferRequest, Vec<FieldError>> {
+    let mut reader = Reader::default();
+    let parsed = reader.object(body, "").and_then(|obj| {
+        let organization_name = reader.text(obj, "", "organization_name", true, NAME_CHARS_MAX);
+        let organization_bic = reader.bic(obj, "", "organization_bic");
+        let organization_iban = reader.iban(obj, "", "organization_iban", check);
+        let transfers = match obj.get("credit_transfers") {
+            None | Some(Value::Null) => {
+                reader.fail("credit_transfers", "is required");
+                None
+            }
+            Some(Value::Array(items)) if items.is_empty() => {
+                reader.fail("credit_transfers", "must contain at least one transfer");
+                None
+            }
+            Some(Value::Array(items)) if items.len() > transfers_max => {
+                reader.fail(
+                    "credit_transfers",
+                    format!("must contain at most {transfers_max} transfers, got {}", items.len()),
+                );
+                None
+            }
+            Some(Value::Array(items)) => {
+                let mut transfers = Vec::with_capacity(items.len());
+                let mut all_ok = true;
+                for (index, item) in items.iter().enumerate() {
+                    match parse_credit_transfer(&mut reader, item, &format!("credit_transfers[{index}]"), check) {
+                        Some(transfer) => transfers.push(transfer),
+                        None => all_ok = false,
+                    }
+                }
+                all_ok.then_some(transfers)
+            }
+            Some(_) => {
+                reader.fail("credit_transfers", "must be an array of transfers");
+                None
+            }
+        };
+        Some(BulkTransferRequest {
+            organization_name: organization_name?.to_owned(),
+            organization_bic: organization_bic?,
+            organization_iban: organization_iban?,
+            credit_transfers: transfers?,
+        })
+    });
+    reader.finish(parsed)
+}
+
+fn parse_credit_transfer(reader: &mut Reader, item: &Value, path: &str, check: IbanCheck) -> Option<CreditTransferRequest> {
+    let obj = reader.object(item, path)?;
+    let amount = reader.amount(obj, path, "amount");
+    let currency = reader.currency(obj, path, "currency", true);
+    let counterparty_name = reader.text(obj, path, "counterparty_name", true, NAME_CHARS_MAX);
+    let counterparty_bic = reader.bic(obj, path, "counterparty_bic");
+    let counterparty_iban = reader.iban(obj, path, "counterparty_iban", check);
+    let description = reader.text(obj, path, "description", false, TEXT_CHARS_MAX);
+    let described = !matches!(obj.get("description"), None | Some(Value::Null));
+    if described && description.is_none() {
+        return None;
+    }
+    let (amount, currency) = (amount?, currency?);
+    let amount_cents = amount
+        .to_minor(currency)
+        .map_err(|e| reader.fail(join(path, "amount"), e.to_string()))
+        .ok()?;
+    Some(CreditTransferRequest {
+        amount_cents,
+        currency,
+        counterparty_name: counterparty_name?.to_owned(),
+        counterparty_bic: counterparty_bic?,
+        counterparty_iban: counterparty_iban?,
+        description: description.unwrap_or_default().to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(errors: Vec<FieldError>) -> Vec<String> {
+        errors.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn every_bad_transfer_field_is_named_by_its_path() {
+        let body: Value = serde_json::from_str(
+            r#"{"organization_name": "ACME Corp", "organization_bic": "OIVUSCLQXXX",
+                "organization_iban": "FR10474608000002006107XXXXX",
+                "credit_transfers": [
+                  {"amount": "1", "currency": "EUR", "counterparty_name": "A", "counterparty_bic": "CRLYFRPPTOU", "counterparty_iban": "EE383680981021245685"},
+                  {"amount": "1.005", "currency": "EUR", "counterparty_name": "B", "counterparty_bic": "CRLYFRPPTOU", "counterparty_iban": "EE383680981021245685"},
+                  {"amount": "2", "currency": "EURO", "counterparty_name": "", "counterparty_bic": "X", "counterparty_iban": "nope"}
+                ]}"#,
+        )
+        .unwrap();
+        let errors = parse_bulk_transfer(&body, IbanCheck::Structure, 10).unwrap_err();
+        assert_eq!(
+            fields(errors),
+            vec![
+                "credit_transfers[1].amount",
+                "credit_transfers[2].currency",
+                "credit_transfers[2].counterparty_name",
+                "credit_transfers[2].counterparty_bic",
+                "credit_transfers[2].counterparty_iban",
+            ]
+        );
+    }
+
+    #[test]
+    fn json_numbers_are_read_from_their_digits() {
+        let body: Value = serde_json::from_str(r#"{"amount": 0.29}"#).unwrap();
+        assert_eq!(parse_deposit(&body).unwrap().amount.to_minor(Currency::EUR), Ok(29));
+        let body: Value = serde_json::from_str(r#"{"amount": 1e309}"#).unwrap();
+        assert_eq!(fields(parse_deposit(&body).unwrap_err()), vec!["amount"]);
+    }
+
+    #[test]
+    fn bulk_limits_are_enforced() {
+        let transfer = json!({"amount": "1", "currency": "EUR", "counterparty_name": "A", "counterparty_bic": "CRLYFRPPTOU", "counterparty_iban": "EE383680981021245685"});
+        let body = |n: usize| json!({"organization_name": "A", "organization_bic": "OIVUSCLQXXX", "organization_iban": "FR10474608000002006107XXXXX", "credit_transfers": vec![transfer.clone(); n]});
+        assert!(parse_bulk_transfer(&body(3), IbanCheck::Structure, 3).is_ok());
+        assert_eq!(fields(parse_bulk_transfer(&body(4), IbanCheck::Structure, 3).unwrap_err()), vec!["credit_transfers"]);
+        assert_eq!(fields(parse_bulk_transfer(&body(0), IbanCheck::Structure, 3).unwrap_err()), vec!["credit_transfers"]);
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_named_body() {
+        assert_eq!(fields(parse_open_account(&json!([1]), IbanCheck::Full).unwrap_err()), vec!["body"]);
+    }
+}

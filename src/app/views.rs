@@ -1,0 +1,99 @@
+//! Response bodies. Every amount appears twice: a decimal string with the
+//! currency's digits and integer minor units.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::domain::{Account, Currency, format_amount};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountView {
+    pub account_id: Uuid,
+    pub organization_name: String,
+    pub iban: String,
+    pub bic: String,
+    pub currency: String,
+    pub balance: String,
+    pub balance_cents: i64,
+    pub version: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<i64>,
+}
+
+impl AccountView {
+    pub fn of(account: &Account, position: Option<i64>) -> AccountView {
+        AccountView {
+            account_id: account.account_id,
+            organization_name: account.organization_name.clone(),
+            iban: account.iban.to_string(),
+            bic: account.bic.to_string(),
+            currency: account.currency.code().to_owned(),
+            balance: format_amount(account.balance_cents, account.currency),
+            balance_cents: account.balance_cents,
+            version: account.version,
+            position,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DepositView {
+    pub transaction_id: Uuid,
+    pub account_id: Uuid,
+    pub iban: String,
+    pub amount: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub reference: Option<String>,
+    pub balance: String,
+    pub balance_cents: i64,
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BulkTransferView {
+    pub bulk_id: Uuid,
+    pub account_id: Uuid,
+    pub iban: String,
+    pub transfer_count: usize,
+    pub transfer_ids: Vec<Uuid>,
+    pub currency: String,
+    pub total: String,
+    pub total_cents: i64,
+    pub balance_after: String,
+    pub balance_after_cents: i64,
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TransactionView {
+    pub transaction_id: Uuid,
+    pub kind: String,
+    pub amount: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub counterparty_name: Option<String>,
+    pub counterparty_iban: Option<String>,
+    pub counterparty_bic: Option<String>,
+    pub description: Option<String>,
+    pub bulk_id: Option<Uuid>,
+    pub balance_after: String,
+    pub balance_after_cents: i64,
+    pub recorded_at: DateTime<Utc>,
+    pub position: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TransactionPage {
+    pub items: Vec<TransactionView>,
+    pub next_cursor: Option<String>,
+}
+
+pub fn amount_text(minor: i64, currency: &str) -> String {
+    match Currency::parse(currency) {
+        Ok(currency) => format_amount(minor, currency),
+        // Stored rows were written with a valid code; fall back to digits.
+        Err(_) => minor.to_string(),
+    }
+}

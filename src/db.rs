@@ -1,0 +1,49 @@
+//! Connecting to PostgreSQL and bringing its schema up to date.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub connections_max: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> PoolSettings {
+        PoolSettings {
+            connections_max: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+pub async fn connect(options: PgConnectOptions, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(settings.connections_max)
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_with(options)
+        .await
+}
+
+/// Applies pending migrations (the event store) and installs the
+/// projections. Safe to run from several processes at once.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR.run(pool).await?;
+    crate::projections::install(pool).await?;
+    Ok(())
+}
+
+/// Whether the database answers and every migration is applied.
+pub async fn ready(pool: &PgPool) -> anyhow::Result<()> {
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await?;
+    let expected = MIGRATOR.iter().count() as i64;
+    anyhow::ensure!(applied >= expected, "{applied} of {expected} migrations applied");
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! The event store: the only code that writes to or reads from `events`.
+//!
+//! An append is one SQL statement: it inserts the events, applies the
+//! inline projections to exactly those rows, and records the idempotency
+//! key — so either all of it commits, with one fsync, or none of it does.
+
+pub mod hash;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::Event;
+use hash::{HashInput, event_hash};
+
+/// An idempotency key to record with the events it produced.
+#[derive(Debug, Clone)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    pub request_hash: [u8; 32],
+    pub response_status: u16,
+    pub response_body: String,
+}
+
+/// Where a stream stood when the command was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamHead {
+    pub version: i64,
+    pub hash: [u8; 32],
+}
+
+impl StreamHead {
+    pub const EMPTY: StreamHead = StreamHead {
+        version: 0,
+        hash: hash::GENESIS,
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub first_position: i64,
+    pub last_position: i64,
+    pub head: StreamHead,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Another writer appended to the stream since it was read: reload and
+    /// decide again.
+    #[error("stream version conflict")]
+    VersionConflict,
+    /// A concurrent request with the same idempotency key committed first.
+    #[error("idempotency key already recorded")]
+    IdempotencyKeyTaken,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// One event as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredEvent {
+    pub position: i64,
+    pub stream_id: Uuid,
+    pub version: i64,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub data: Value,
+    pub metadata: Value,
+    pub recorded_at: DateTime<Utc>,
+    pub hash: Vec<u8>,
+}
+
+impl StoredEvent {
+    pub fn to_event(&self) -> Result<Event, serde_json::Error> {
+        Event::from_stored(&self.event_type, self.data.clone())
+    }
+
+    /// Recomputes this event's hash from its content and `previous`.
+    pub fn computed_hash(&self, previous: &[u8; 32]) -> [u8; 32] {
+        event_hash(
+            previous,
+            &HashInput {
+                stream_id: self.stream_id,
+                version: self.version,
+                event_type: &self.event_type,
+                schema_version: self.schema_version,
+                recorded_at: self.recorded_at,
+                data: &self.data,
+                metadata: &self.metadata,
+            },
+        )
+    }
+}
+
+const APPEND_SQL: &str = r#"
+WITH ins AS (
+    INSERT INTO events (stream_id, version, event_type, schema_version, data, metadata, recorded_at, hash)
+    SELECT $1, v, t, s, d, m, $7, h
+    FROM unnest($2::bigint[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[], $8::bytea[]) AS u(v, t, s, d, m, h)
+    RETURNING *
+), idem AS (
+    INSERT INTO idempotency_keys (key, request_hash, stream_id, response_status, response_body)
+    SELECT $9, $10, $1, $11, $12
+    WHERE $9::text IS NOT NULL
+    RETURNING 1
+), proj AS (
+    SELECT projection_balances_apply(batch) AS balances, projection_transactions_apply(batch) AS transactions
+    FROM (SELECT array_agg(ins::events ORDER BY ins.version) AS batch FROM ins) AS b
+)
+SELECT (SELECT min(position) FROM ins) AS first_position,
+       (SELECT max(position) FROM ins) AS last_position,
+       (SELECT count(*) FROM idem) AS keys,
+       (SELECT balances + transactions FROM proj) AS projected
+"#;
+
+/// Appends `events` to `stream_id`, which must be at `head` (optimistic
+/// concurrency), chaining their hashes from `head.hash`, and applies the
+/// inline projections in the same statement.
+pub async fn append(
+    pool: &PgPool,
+    stream_id: Uuid,
+    head: StreamHead,
+    events: &[Event],
+    metadata: &Value,
+    recorded_at: DateTime<Utc>,
+    idempotency: Option<&IdempotencyRecord>,
+) -> Result<Appended, AppendError> {
+    assert!(!events.is_empty(), "an append carries at least one event");
+    // PostgreSQL keeps microseconds; hash exactly what will be stored.
+    let recorded_at = recorded_at.trunc_subsecs(6);
+    let mut versions = Vec::with_capacity(events.len());
+    let mut types = Vec::with_capacity(events.len());
+    let mut schemas = Vec::with_capacity(events.len());
+    let mut payloads = Vec::with_capacity(events.len());
+    let mut metadatas = Vec::with_capacity(events.len());
+    let mut hashes: Vec<Vec<u8>> = Vec::with_capacity(events.len());
+    let mut previous = head.hash;
+    for (offset, event) in events.iter().enumerate() {
+        let version = head.version + 1 + offset as i64;
+        let data = event.data();
+        let hash = event_hash(
+            &previous,
+            &HashInput {
+                stream_id,
+                version,
+                event_type: event.event_type(),
+                schema_version: Event::SCHEMA_VERSION,
+                recorded_at,
+                data: &data,
+                metadata,
+            },
+        );
+        previous = hash;
+        versions.push(version);
+        types.push(event.event_type());
+        schemas.push(Event::SCHEMA_VERSION);
+        payloads.push(data);
+        metadatas.push(metadata.clone());
+        hashes.push(hash.to_vec());
+    }
+    let row: (Option<i64>, Option<i64>, i64, Option<i64>) = sqlx::query_as(APPEND_SQL)
+        .bind(stream_id)
+        .bind(&versions)
+        .bind(&types)
+        .bind(&schemas)
+        .bind(&payloads)
+        .bind(&metadatas)
+        .bind(recorded_at)
+        .bind(&hashes)
+        .bind(idempotency.map(|i| i.key.as_str()))
+        .bind(idempotency.map(|i| i.request_hash.to_vec()))
+        .bind(idempotency.map(|i| i.response_status as i16))
+        .bind(idempotency.map(|i| i.response_body.as_str()))
+        .fetch_one(pool)
+        .await
+        .map_err(classify)?;
+    let (Some(first_position), Some(last_position)) = (row.0, row.1) else {
+        unreachable!("an append of {} events returned no positions", events.len());
+    };
+    Ok(Appended {
+        first_position,
+        last_position,
+        head: StreamHead {
+            version: head.version + events.len() as i64,
+            hash: previous,
+        },
+    })
+}
+
+fn classify(error: sqlx::Error) -> AppendError {
+    if let sqlx::Error::Database(db) = &error {
+        match db.constraint() {
+            Some("events_stream_version_key") => return AppendError::VersionConflict,
+            Some("idempotency_keys_pkey") => return AppendError::IdempotencyKeyTaken,
+            // Two first appends to a stream racing on the projection's row.
+            Some("balances_pkey") | Some("balances_iban_key") => return AppendError::VersionConflict,
+            _ => {}
+        }
+    }
+    AppendError::Database(error)
+}
+
+const SELECT_EVENTS: &str = "SELECT position, stream_id, version, event_type, schema_version, data, metadata, recorded_at, hash FROM events";
+
+/// Reads a stream in version order, optionally only up to a global position
+/// or a recorded time.
+pub async fn read_stream(
+    pool: &PgPool,
+    stream_id: Uuid,
+    until_position: Option<i64>,
+    until_time: Option<DateTime<Utc>>,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{SELECT_EVENTS} WHERE stream_id = $1 AND ($2::bigint IS NULL OR position <= $2) \
+         AND ($3::timestamptz IS NULL OR recorded_at <= $3) ORDER BY version"
+    ))
+    .bind(stream_id)
+    .bind(until_position)
+    .bind(until_time)
+    .fetch_all(pool)
+    .await
+}
+
+/// The hash of a stream's event at `version` (its head, when `version` is
+/// the stream's version).
+pub async fn head_hash(pool: &PgPool, stream_id: Uuid, version: i64) -> Result<Option<[u8; 32]>, sqlx::Error> {
+    let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT hash FROM events WHERE stream_id = $1 AND version = $2")
+        .bind(stream_id)
+        .bind(version)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.and_then(|(bytes,)| bytes.try_into().ok()))
+}

@@ -1,0 +1,96 @@
+//! Mapping every failure to an RFC 9457 problem response.
+
+use std::any::Any;
+
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::app::AppError;
+use crate::problem::{FieldError, Problem};
+
+/// An error leaving a handler: a problem for the client, or an operational
+/// failure that is logged with its cause chain and answered with a bare 500
+/// (or 503 when the database is out of reach).
+#[derive(Debug)]
+pub struct ApiError(AppError);
+
+impl From<AppError> for ApiError {
+    fn from(error: AppError) -> ApiError {
+        ApiError(error)
+    }
+}
+
+impl From<Problem> for ApiError {
+    fn from(problem: Problem) -> ApiError {
+        ApiError(AppError::Client(problem))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self.0 {
+            AppError::Client(problem) => problem_response(&problem),
+            AppError::Internal(error) => {
+                let unavailable = error.chain().any(|cause| {
+                    matches!(
+                        cause.downcast_ref::<sqlx::Error>(),
+                        Some(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+                    )
+                });
+                // The span carries the request id; the client gets none of this.
+                tracing::error!(error = format!("{error:#}"), "request failed");
+                if unavailable {
+                    problem_response(&Problem::new(
+                        503,
+                        "unavailable",
+                        "Service unavailable",
+                        "the database is unreachable; nothing was changed, retry later",
+                    ))
+                } else {
+                    problem_response(&internal())
+                }
+            }
+        }
+    }
+}
+
+fn internal() -> Problem {
+    Problem::new(500, "internal", "Internal error", "an unexpected error occurred; it has been logged with this request's x-request-id")
+}
+
+pub fn problem_response(problem: &Problem) -> Response {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"))],
+        problem.to_json(),
+    )
+        .into_response()
+}
+
+pub fn body_rejection(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Problem::new(413, "body-too-large", "Body too large", "the request body exceeds the configured limit").into()
+    } else {
+        Problem::validation(vec![FieldError::new("body", format!("could not be read: {}", rejection.body_text()))]).into()
+    }
+}
+
+pub async fn not_found() -> Response {
+    problem_response(&Problem::not_found("no such route"))
+}
+
+pub async fn method_not_allowed() -> Response {
+    problem_response(&Problem::new(405, "method-not-allowed", "Method not allowed", "this route does not accept that method"))
+}
+
+pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = message, "handler panicked");
+    problem_response(&internal())
+}

@@ -1,0 +1,126 @@
+//! The HTTP API (axum). Thin: parse, call [`crate::app`], map the result.
+//! Commands (POST) and queries (GET) are separate routes over separate
+//! models; every error is an RFC 9457 problem, including axum's own
+//! rejections, and every response carries an `x-request-id`.
+
+mod accounts;
+mod errors;
+mod transfers;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::app::idempotency::{IdempotencyKey, request_hash};
+use crate::app::{CommandContext, CommandResponse, Ledger};
+use crate::problem::{FieldError, Problem};
+pub use errors::ApiError;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+pub type AppState = Arc<Ledger>;
+
+/// Builds the application; serving it is separate, so tests can call it
+/// without a socket.
+pub fn router(ledger: Arc<Ledger>) -> Router {
+    let body_limit = ledger.settings().limits.body_bytes_max;
+    Router::new()
+        .route("/v1/accounts", post(accounts::open))
+        .route("/v1/accounts/{iban}", get(accounts::get))
+        .route("/v1/accounts/{iban}/deposits", post(accounts::deposit))
+        .route("/v1/accounts/{iban}/transactions", get(accounts::transactions))
+        .route("/v1/transfer/bulk", post(transfers::bulk))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(errors::not_found)
+        .method_not_allowed_fallback(errors::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(ledger)
+        .layer(CatchPanicLayer::custom(errors::panic_response))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+            let request_id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id)
+        }))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, r#"{"status":"ok"}"#.to_owned())
+}
+
+async fn readyz(State(ledger): State<AppState>) -> Response {
+    match crate::db::ready(ledger.pool()).await {
+        Ok(()) => json_response(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
+        Err(error) => {
+            tracing::warn!(error = format!("{error:#}"), "not ready");
+            errors::problem_response(&Problem::new(503, "not-ready", "Not ready", "the database is unreachable or not migrated"))
+        }
+    }
+}
+
+pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+/// Everything a command needs from the request besides its parsed body:
+/// the request id, the idempotency key with the request's fingerprint, and
+/// the body as JSON.
+pub(crate) struct CommandInput {
+    pub context: CommandContext,
+    pub body: serde_json::Value,
+}
+
+pub(crate) fn command_input(
+    headers: &axum::http::HeaderMap,
+    method: &Method,
+    path: &str,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<CommandInput, ApiError> {
+    let body = body.map_err(errors::body_rejection)?;
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        let is_json = content_type
+            .to_str()
+            .ok()
+            .and_then(|v| v.split(';').next())
+            .map(|mime| {
+                let mime = mime.trim().to_ascii_lowercase();
+                mime == "application/json" || mime.ends_with("+json")
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(Problem::new(415, "unsupported-media-type", "Unsupported media type", "send the body as application/json").into());
+        }
+    }
+    let request_id = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let idempotency = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(raw) => Some((IdempotencyKey::parse(raw.as_bytes())?, request_hash(method.as_str(), path, &body))),
+    };
+    let body = serde_json::from_slice(&body)
+        .map_err(|error| Problem::validation(vec![FieldError::new("body", format!("is not valid JSON: {error}"))]))?;
+    Ok(CommandInput {
+        context: CommandContext { request_id, idempotency },
+        body,
+    })
+}
+
+pub(crate) fn command_response(response: CommandResponse) -> Response {
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let content_type = if status.is_success() { "application/json" } else { "application/problem+json" };
+    let mut http = (status, [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], response.body).into_response();
+    if response.replayed {
+        http.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    http
+}

@@ -1,0 +1,26 @@
+//! ledger — an event-sourced transfer ledger for a business bank.
+//!
+//! A tour of the crate, from the inside out:
+//! - [`domain`]: the rules of money, pure (no IO): exact amounts, IBAN/BIC,
+//!   the account aggregate's `decide` and `apply`.
+//! - [`event_store`]: the append-only `events` table; an append is one
+//!   statement that also applies the inline projections and records the
+//!   idempotency key.
+//! - [`projections`]: installs the read models defined in `projections/`.
+//! - [`app`]: command handlers (load → decide → append, retried on
+//!   conflict) and queries.
+//! - [`http`]: the axum API; thin, maps `app` results to responses and
+//!   errors to RFC 9457 problems.
+//! - [`pg`]: the project-local PostgreSQL cluster used when no
+//!   `DATABASE_URL` is given, and by the tests.
+//! - [`cli`]: the `ledger` binary's subcommands.
+
+pub mod app;
+pub mod cli;
+pub mod db;
+pub mod domain;
+pub mod event_store;
+pub mod http;
+pub mod pg;
+pub mod problem;
+pub mod projections;

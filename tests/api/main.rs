@@ -1,0 +1,12 @@
+//! Integration tests against a real PostgreSQL, compiled as one binary so
+//! they share one throw-away cluster; each test gets its own database.
+
+mod binary;
+mod concurrency;
+mod event_store;
+mod idempotency;
+mod money;
+mod queries;
+mod seed;
+mod support;
+mod validation;

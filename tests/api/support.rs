@@ -1,0 +1,287 @@
+//! Test support: a real PostgreSQL (a throw-away cluster started with the
+//! same code as the embedded default, or `DATABASE_URL` when set), a fresh
+//! database per test, and the application served in-process or as the real
+//! `ledger` binary.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ledger::app::{Ledger, Settings};
+use ledger::domain::IbanCheck;
+use ledger::pg::Cluster;
+use serde_json::{Value, json};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+pub const ACME_IBAN: &str = "FR10474608000002006107XXXXX";
+pub const ACME_BIC: &str = "OIVUSCLQXXX";
+pub const ACME_NAME: &str = "ACME Corp";
+
+/// The server every test of this process uses, and the template database
+/// (already migrated) that each test's database is copied from.
+struct Server {
+    /// Keeps the throw-away cluster alive for the whole process.
+    _cluster: Option<Cluster>,
+    maintenance: PgConnectOptions,
+    template: String,
+}
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let (cluster, maintenance) = match std::env::var("DATABASE_URL") {
+            Ok(url) => (None, PgConnectOptions::from_str(&url).expect("DATABASE_URL parses")),
+            Err(_) => {
+                let cluster = Cluster::temporary().expect("start a throw-away PostgreSQL cluster");
+                let options = cluster.connect_options("postgres");
+                (Some(cluster), options)
+            }
+        };
+        let template = format!("ledger_template_{}", std::process::id());
+        // Pools belong to the runtime that made them, and each test has its
+        // own: do this one-time setup on a runtime of its own.
+        let setup_maintenance = maintenance.clone();
+        let setup_template = template.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let mut admin = setup_maintenance.connect().await.expect("connect to the test server");
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {setup_template}")).execute(&mut admin).await.unwrap();
+                sqlx::query(&format!("CREATE DATABASE {setup_template}")).execute(&mut admin).await.unwrap();
+                let pool = PgPool::connect_with(setup_maintenance.clone().database(&setup_template)).await.unwrap();
+                ledger::db::migrate(&pool).await.expect("migrations apply");
+                pool.close().await;
+            });
+        })
+        .join()
+        .expect("template setup");
+        Server {
+            _cluster: cluster,
+            maintenance,
+            template,
+        }
+    })
+}
+
+/// A fresh, migrated database for one test.
+pub struct TestDb {
+    pub options: PgConnectOptions,
+    pub name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let server = server();
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect_with(&server.maintenance).await.expect("connect to the test server");
+        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {}", server.template))
+            .execute(&mut admin)
+            .await
+            .expect("create the test database");
+        admin.close().await.ok();
+        TestDb {
+            options: server.maintenance.clone().database(&name),
+            name,
+        }
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(16)
+            .connect_with(self.options.clone())
+            .await
+            .expect("connect to the test database")
+    }
+
+    /// A URL a child process can use as DATABASE_URL.
+    pub fn url(&self) -> String {
+        let o = &self.options;
+        let host = o.get_host();
+        let user = o.get_username();
+        let port = o.get_port();
+        if let Some(socket) = o.get_socket() {
+            format!("postgres://{user}@localhost:{port}/{}?host={}&sslmode=disable", self.name, socket.display())
+        } else {
+            match std::env::var("DATABASE_URL") {
+                Ok(url) => {
+                    let mut parsed = url::Url::parse(&url).expect("DATABASE_URL is a URL");
+                    parsed.set_path(&self.name);
+                    parsed.to_string()
+                }
+                Err(_) => format!("postgres://{user}@{host}:{port}/{}", self.name),
+            }
+        }
+    }
+}
+
+/// The application served in-process on an ephemeral port.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    pub db: TestDb,
+}
+
+pub fn seed_settings() -> Settings {
+    Settings {
+        iban_check: IbanCheck::Structure,
+        ..Settings::default()
+    }
+}
+
+impl TestApp {
+    /// Served with the seed's settings (structure-only IBAN check).
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(seed_settings()).await
+    }
+
+    pub async fn spawn_with(settings: Settings) -> TestApp {
+        let db = TestDb::new().await;
+        let pool = db.pool().await;
+        let ledger = Arc::new(Ledger::new(pool.clone(), settings));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, ledger::http::router(ledger)).await.unwrap();
+        });
+        TestApp {
+            base: format!("http://{address}"),
+            client: client(),
+            pool,
+            db,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self.client.post(self.url(path)).json(body).send().await.unwrap();
+        into_parts(response).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        into_parts(self.client.get(self.url(path)).send().await.unwrap()).await
+    }
+
+    /// Opens the seed's ACME account and deposits `cents` into it.
+    pub async fn acme_with(&self, cents: i64) {
+        open_acme(&self.client, &self.base, cents).await;
+    }
+
+    pub async fn balance_cents(&self, iban: &str) -> i64 {
+        let (status, body) = self.get(&format!("/v1/accounts/{iban}")).await;
+        assert_eq!(status, 200, "{body}");
+        body["balance_cents"].as_i64().unwrap()
+    }
+
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&self.pool).await.unwrap()
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+pub async fn into_parts(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    (status, body)
+}
+
+pub async fn open_acme(client: &reqwest::Client, base: &str, cents: i64) {
+    let response = client
+        .post(format!("{base}/v1/accounts"))
+        .json(&json!({"organization_name": ACME_NAME, "iban": ACME_IBAN, "bic": ACME_BIC, "currency": "EUR"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201, "{}", response.text().await.unwrap());
+    if cents > 0 {
+        let amount = format!("{}.{:02}", cents / 100, cents % 100);
+        let response = client
+            .post(format!("{base}/v1/accounts/{ACME_IBAN}/deposits"))
+            .json(&json!({"amount": amount, "currency": "EUR"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201, "{}", response.text().await.unwrap());
+    }
+}
+
+pub fn fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// One transfer of `amount` in the seed's format.
+pub fn transfer(amount: &str) -> Value {
+    json!({"amount": amount, "currency": "EUR", "counterparty_name": "Bip Bip",
+           "counterparty_bic": "CRLYFRPPTOU", "counterparty_iban": "EE383680981021245685",
+           "description": "Wonderland/4410"})
+}
+
+pub fn bulk(transfers: Vec<Value>) -> Value {
+    json!({"organization_name": ACME_NAME, "organization_bic": ACME_BIC, "organization_iban": ACME_IBAN,
+           "credit_transfers": transfers})
+}
+
+/// The real `ledger` binary, killed when dropped.
+pub struct Binary {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Binary {
+    /// `ledger serve` on an ephemeral port with the given environment.
+    pub fn serve(envs: &[(&str, &str)]) -> Binary {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
+        command
+            .arg("serve")
+            .env_remove("DATABASE_URL")
+            .env("LEDGER_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start ledger serve");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(address) = line.strip_prefix("ledger listening on ") {
+                    let _ = sender.send(address.to_owned());
+                }
+            }
+        });
+        let base = receiver
+            .recv_timeout(Duration::from_secs(60))
+            .expect("ledger serve printed its address");
+        Binary { child, base }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the `ledger` binary to completion.
+pub fn run_ledger(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
+    command.args(args).env_remove("DATABASE_URL").env("RUST_LOG", "warn");
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    command.output().expect("run ledger")
+}
