@@ -14,14 +14,16 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::{
-    self, Account, Bic, Command, Currency, DepositCommand, Event, Iban, IbanCheck, OpenAccountCommand, Refusal,
-    TransferBulkCommand, TransferLine, format_amount,
+    self, Account, Bic, Command, Currency, DepositCommand, Event, Iban, IbanCheck,
+    OpenAccountCommand, Refusal, TransferBulkCommand, TransferLine, format_amount,
 };
 use crate::event_store::{self, AppendError, IdempotencyRecord, StreamHead};
 use crate::problem::{FieldError, Problem};
 use idempotency::IdempotencyKey;
 use requests::{BulkTransferRequest, DepositRequest, OpenAccountRequest};
-use views::{AccountView, BulkTransferView, DepositView, TransactionPage, TransactionView, amount_text};
+use views::{
+    AccountView, BulkTransferView, DepositView, TransactionPage, TransactionView, amount_text,
+};
 
 /// Named limits (SPEC §2.3, §3), each enforced where its input arrives.
 #[derive(Debug, Clone)]
@@ -118,7 +120,9 @@ impl Ledger {
         Ledger {
             pool,
             settings,
-            stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            stripes: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 
@@ -134,12 +138,17 @@ impl Ledger {
     /// shape is checked (garbage is a 400), not the check digits, so an
     /// account stays reachable whatever `LEDGER_IBAN_CHECK` says today.
     pub fn lookup_iban(&self, text: &str, field: &str) -> Result<Iban, Problem> {
-        Iban::parse(text, IbanCheck::Structure).map_err(|e| Problem::validation(vec![FieldError::new(field, e.to_string())]))
+        Iban::parse(text, IbanCheck::Structure)
+            .map_err(|e| Problem::validation(vec![FieldError::new(field, e.to_string())]))
     }
 
     // ---- commands -------------------------------------------------------
 
-    pub async fn open_account(&self, ctx: &CommandContext, request: OpenAccountRequest) -> Result<CommandResponse, AppError> {
+    pub async fn open_account(
+        &self,
+        ctx: &CommandContext,
+        request: OpenAccountRequest,
+    ) -> Result<CommandResponse, AppError> {
         let account_id = account_id_for(&request.iban);
         let command = Command::OpenAccount(OpenAccountCommand {
             account_id,
@@ -155,7 +164,12 @@ impl Ledger {
         .await
     }
 
-    pub async fn deposit(&self, ctx: &CommandContext, iban: &Iban, request: DepositRequest) -> Result<CommandResponse, AppError> {
+    pub async fn deposit(
+        &self,
+        ctx: &CommandContext,
+        iban: &Iban,
+        request: DepositRequest,
+    ) -> Result<CommandResponse, AppError> {
         let deposit_id = Uuid::now_v7();
         // The account's currency decides how many digits the amount may have,
         // so the command is built once the account is known.
@@ -195,7 +209,11 @@ impl Ledger {
         .await
     }
 
-    pub async fn transfer_bulk(&self, ctx: &CommandContext, request: BulkTransferRequest) -> Result<CommandResponse, AppError> {
+    pub async fn transfer_bulk(
+        &self,
+        ctx: &CommandContext,
+        request: BulkTransferRequest,
+    ) -> Result<CommandResponse, AppError> {
         let bulk_id = Uuid::now_v7();
         let command = Command::TransferBulk(TransferBulkCommand {
             bulk_id,
@@ -217,7 +235,7 @@ impl Ledger {
         });
         self.execute(ctx, &request.organization_iban, &command, |state, events| {
             let account = domain::evolve(state.cloned(), events);
-            match &events[..] {
+            match events {
                 [Event::BulkTransferBooked {
                     bulk_id,
                     currency,
@@ -274,7 +292,13 @@ impl Ledger {
     /// Load → decide → append, retried on a version conflict; the response
     /// is rendered before the append so it can be recorded with the events
     /// under the idempotency key, in the same statement.
-    async fn execute<F>(&self, ctx: &CommandContext, iban: &Iban, command: &Command, render: F) -> Result<CommandResponse, AppError>
+    async fn execute<F>(
+        &self,
+        ctx: &CommandContext,
+        iban: &Iban,
+        command: &Command,
+        render: F,
+    ) -> Result<CommandResponse, AppError>
     where
         F: Fn(Option<&Account>, &[Event]) -> Result<(u16, String), AppError>,
     {
@@ -294,15 +318,29 @@ impl Ledger {
                 Some((account, head)) => (Some(account), *head),
                 None => (None, StreamHead::EMPTY),
             };
-            let events = domain::decide(state, command).map_err(|refusal| refusal_problem(&refusal, iban))?;
+            let events = domain::decide(state, command)
+                .map_err(|refusal| refusal_problem(&refusal, iban))?;
             let (status, body) = render(state, &events)?;
-            let record = ctx.idempotency.as_ref().map(|(key, request_hash)| IdempotencyRecord {
-                key: key.as_str().to_owned(),
-                request_hash: *request_hash,
-                response_status: status,
-                response_body: body.clone(),
-            });
-            match event_store::append(&self.pool, stream_id, head, &events, &metadata, Utc::now(), record.as_ref()).await {
+            let record = ctx
+                .idempotency
+                .as_ref()
+                .map(|(key, request_hash)| IdempotencyRecord {
+                    key: key.as_str().to_owned(),
+                    request_hash: *request_hash,
+                    response_status: status,
+                    response_body: body.clone(),
+                });
+            match event_store::append(
+                &self.pool,
+                stream_id,
+                head,
+                &events,
+                &metadata,
+                Utc::now(),
+                record.as_ref(),
+            )
+            .await
+            {
                 Ok(_) => {
                     return Ok(CommandResponse {
                         status,
@@ -315,10 +353,9 @@ impl Ledger {
                     tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(20)))).await;
                 }
                 Err(AppendError::IdempotencyKeyTaken) => {
-                    return self
-                        .replay(ctx)
-                        .await?
-                        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("idempotency key taken but not found")));
+                    return self.replay(ctx).await?.ok_or_else(|| {
+                        AppError::Internal(anyhow::anyhow!("idempotency key taken but not found"))
+                    });
                 }
                 Err(AppendError::Database(error)) => return Err(error.into()),
             }
@@ -335,11 +372,13 @@ impl Ledger {
         };
         match idempotency::lookup(&self.pool, key).await? {
             None => Ok(None),
-            Some(recorded) if recorded.request_hash == request_hash.as_slice() => Ok(Some(CommandResponse {
-                status: recorded.status,
-                body: recorded.body,
-                replayed: true,
-            })),
+            Some(recorded) if recorded.request_hash == request_hash.as_slice() => {
+                Ok(Some(CommandResponse {
+                    status: recorded.status,
+                    body: recorded.body,
+                    replayed: true,
+                }))
+            }
             Some(_) => Err(idempotency::key_reused().into()),
         }
     }
@@ -382,7 +421,12 @@ impl Ledger {
         Ok(AccountView::of(&account, Some(position)))
     }
 
-    pub async fn transactions(&self, iban: &Iban, limit: Option<&str>, cursor: Option<&str>) -> Result<TransactionPage, AppError> {
+    pub async fn transactions(
+        &self,
+        iban: &Iban,
+        limit: Option<&str>,
+        cursor: Option<&str>,
+    ) -> Result<TransactionPage, AppError> {
         let limits = &self.settings.limits;
         let mut errors = Vec::new();
         let limit = match limit {
@@ -403,7 +447,10 @@ impl Ledger {
             Some(text) => match parse_cursor(text) {
                 Some(c) => Some(c),
                 None => {
-                    errors.push(FieldError::new("cursor", "is not a cursor returned by this endpoint"));
+                    errors.push(FieldError::new(
+                        "cursor",
+                        "is not a cursor returned by this endpoint",
+                    ));
                     None
                 }
             },
@@ -412,10 +459,11 @@ impl Ledger {
             return Err(Problem::validation(errors).into());
         }
         let account_id = account_id_for(iban);
-        let exists: Option<(i64,)> = sqlx::query_as("SELECT version FROM balances WHERE account_id = $1")
-            .bind(account_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let exists: Option<(i64,)> =
+            sqlx::query_as("SELECT version FROM balances WHERE account_id = $1")
+                .bind(account_id)
+                .fetch_optional(&self.pool)
+                .await?;
         if exists.is_none() {
             return Err(account_not_found(iban).into());
         }
@@ -436,7 +484,9 @@ impl Ledger {
         .await?;
         let more = rows.len() > limit as usize;
         let rows = &rows[..rows.len().min(limit as usize)];
-        let next_cursor = more.then(|| rows.last().map(|r| format!("{}.{}", r.position, r.seq))).flatten();
+        let next_cursor = more
+            .then(|| rows.last().map(|r| format!("{}.{}", r.position, r.seq)))
+            .flatten();
         Ok(TransactionPage {
             items: rows.iter().map(TransactionRow::view).collect(),
             next_cursor,
@@ -468,7 +518,12 @@ fn account_not_found(iban: &Iban) -> Problem {
 
 fn refusal_problem(refusal: &Refusal, iban: &Iban) -> Problem {
     match refusal {
-        Refusal::AlreadyOpen => Problem::new(409, "account-exists", "Account already exists", format!("an account with IBAN {iban} already exists")),
+        Refusal::AlreadyOpen => Problem::new(
+            409,
+            "account-exists",
+            "Account already exists",
+            format!("an account with IBAN {iban} already exists"),
+        ),
         Refusal::AccountNotFound => account_not_found(iban),
         Refusal::OrganizationMismatch => Problem::not_found(format!(
             "no account with IBAN {iban} for this organization name and BIC"
@@ -488,10 +543,16 @@ fn refusal_problem(refusal: &Refusal, iban: &Iban) -> Problem {
                 "Currency mismatch",
                 format!("{field} is {requested} but the account holds {account}"),
             );
-            problem.errors.push(FieldError::new(field, format!("must be the account's currency, {account}")));
+            problem.errors.push(FieldError::new(
+                field,
+                format!("must be the account's currency, {account}"),
+            ));
             problem
         }
-        Refusal::EmptyBulk => Problem::validation(vec![FieldError::new("credit_transfers", "must contain at least one transfer")]),
+        Refusal::EmptyBulk => Problem::validation(vec![FieldError::new(
+            "credit_transfers",
+            "must contain at least one transfer",
+        )]),
         Refusal::BalanceLimit => Problem::new(
             422,
             "balance-limit",
@@ -516,7 +577,12 @@ struct AccountRow {
 
 impl AccountRow {
     fn into_state(self) -> Result<(Account, StreamHead), AppError> {
-        let corrupt = |what: &str| AppError::Internal(anyhow::anyhow!("balances row of {} has an invalid {what}", self.account_id));
+        let corrupt = |what: &str| {
+            AppError::Internal(anyhow::anyhow!(
+                "balances row of {} has an invalid {what}",
+                self.account_id
+            ))
+        };
         let account = Account {
             account_id: self.account_id,
             organization_name: self.organization_name.clone(),
@@ -527,7 +593,10 @@ impl AccountRow {
             version: self.version,
         };
         let hash = match &self.hash {
-            Some(bytes) => bytes.as_slice().try_into().map_err(|_| corrupt("head hash"))?,
+            Some(bytes) => bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| corrupt("head hash"))?,
             None => [0; 32],
         };
         Ok((

@@ -52,7 +52,11 @@ struct Reader {
 }
 
 fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() { name.to_owned() } else { format!("{prefix}.{name}") }
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}.{name}")
+    }
 }
 
 impl Reader {
@@ -72,7 +76,14 @@ impl Reader {
     }
 
     /// A string field: trimmed, non-empty, at most `max_chars` characters.
-    fn text<'v>(&mut self, obj: &'v Map<String, Value>, prefix: &str, name: &str, required: bool, max_chars: usize) -> Option<&'v str> {
+    fn text<'v>(
+        &mut self,
+        obj: &'v Map<String, Value>,
+        prefix: &str,
+        name: &str,
+        required: bool,
+        max_chars: usize,
+    ) -> Option<&'v str> {
         let path = join(prefix, name);
         match obj.get(name) {
             None | Some(Value::Null) => {
@@ -103,19 +114,37 @@ impl Reader {
         }
     }
 
-    fn iban(&mut self, obj: &Map<String, Value>, prefix: &str, name: &str, check: IbanCheck) -> Option<Iban> {
+    fn iban(
+        &mut self,
+        obj: &Map<String, Value>,
+        prefix: &str,
+        name: &str,
+        check: IbanCheck,
+    ) -> Option<Iban> {
         let text = self.text(obj, prefix, name, true, 64)?;
-        Iban::parse(text, check).map_err(|e| self.fail(join(prefix, name), e.to_string())).ok()
+        Iban::parse(text, check)
+            .map_err(|e| self.fail(join(prefix, name), e.to_string()))
+            .ok()
     }
 
     fn bic(&mut self, obj: &Map<String, Value>, prefix: &str, name: &str) -> Option<Bic> {
         let text = self.text(obj, prefix, name, true, 64)?;
-        Bic::parse(text).map_err(|e| self.fail(join(prefix, name), e.to_string())).ok()
+        Bic::parse(text)
+            .map_err(|e| self.fail(join(prefix, name), e.to_string()))
+            .ok()
     }
 
-    fn currency(&mut self, obj: &Map<String, Value>, prefix: &str, name: &str, required: bool) -> Option<Currency> {
+    fn currency(
+        &mut self,
+        obj: &Map<String, Value>,
+        prefix: &str,
+        name: &str,
+        required: bool,
+    ) -> Option<Currency> {
         let text = self.text(obj, prefix, name, required, 16)?;
-        Currency::parse(text).map_err(|e| self.fail(join(prefix, name), e.to_string())).ok()
+        Currency::parse(text)
+            .map_err(|e| self.fail(join(prefix, name), e.to_string()))
+            .ok()
     }
 
     /// An amount, as a decimal string or a JSON number read from its text
@@ -134,7 +163,9 @@ impl Reader {
                 return None;
             }
         };
-        Amount::parse(text).map_err(|e| self.fail(path, e.to_string())).ok()
+        Amount::parse(text)
+            .map_err(|e| self.fail(path, e.to_string()))
+            .ok()
     }
 
     fn finish<T>(self, value: Option<T>) -> Result<T, Vec<FieldError>> {
@@ -145,7 +176,10 @@ impl Reader {
     }
 }
 
-pub fn parse_open_account(body: &Value, check: IbanCheck) -> Result<OpenAccountRequest, Vec<FieldError>> {
+pub fn parse_open_account(
+    body: &Value,
+    check: IbanCheck,
+) -> Result<OpenAccountRequest, Vec<FieldError>> {
     let mut reader = Reader::default();
     let parsed = reader.object(body, "").and_then(|obj| {
         let organization_name = reader.text(obj, "", "organization_name", true, NAME_CHARS_MAX);
@@ -184,7 +218,11 @@ pub fn parse_deposit(body: &Value) -> Result<DepositRequest, Vec<FieldError>> {
     reader.finish(parsed)
 }
 
-pub fn parse_bulk_transfer(body: &Value, check: IbanCheck, transfers_max: usize) -> Result<BulkTransferRequest, Vec<FieldError>> {
+pub fn parse_bulk_transfer(
+    body: &Value,
+    check: IbanCheck,
+    transfers_max: usize,
+) -> Result<BulkTransferRequest, Vec<FieldError>> {
     let mut reader = Reader::default();
     let parsed = reader.object(body, "").and_then(|obj| {
         let organization_name = reader.text(obj, "", "organization_name", true, NAME_CHARS_MAX);
@@ -202,7 +240,10 @@ pub fn parse_bulk_transfer(body: &Value, check: IbanCheck, transfers_max: usize)
             Some(Value::Array(items)) if items.len() > transfers_max => {
                 reader.fail(
                     "credit_transfers",
-                    format!("must contain at most {transfers_max} transfers, got {}", items.len()),
+                    format!(
+                        "must contain at most {transfers_max} transfers, got {}",
+                        items.len()
+                    ),
                 );
                 None
             }
@@ -210,7 +251,12 @@ pub fn parse_bulk_transfer(body: &Value, check: IbanCheck, transfers_max: usize)
                 let mut transfers = Vec::with_capacity(items.len());
                 let mut all_ok = true;
                 for (index, item) in items.iter().enumerate() {
-                    match parse_credit_transfer(&mut reader, item, &format!("credit_transfers[{index}]"), check) {
+                    match parse_credit_transfer(
+                        &mut reader,
+                        item,
+                        &format!("credit_transfers[{index}]"),
+                        check,
+                    ) {
                         Some(transfer) => transfers.push(transfer),
                         None => all_ok = false,
                     }
@@ -232,7 +278,12 @@ pub fn parse_bulk_transfer(body: &Value, check: IbanCheck, transfers_max: usize)
     reader.finish(parsed)
 }
 
-fn parse_credit_transfer(reader: &mut Reader, item: &Value, path: &str, check: IbanCheck) -> Option<CreditTransferRequest> {
+fn parse_credit_transfer(
+    reader: &mut Reader,
+    item: &Value,
+    path: &str,
+    check: IbanCheck,
+) -> Option<CreditTransferRequest> {
     let obj = reader.object(item, path)?;
     let amount = reader.amount(obj, path, "amount");
     let currency = reader.currency(obj, path, "currency", true);
@@ -296,7 +347,10 @@ mod tests {
     #[test]
     fn json_numbers_are_read_from_their_digits() {
         let body: Value = serde_json::from_str(r#"{"amount": 0.29}"#).unwrap();
-        assert_eq!(parse_deposit(&body).unwrap().amount.to_minor(Currency::EUR), Ok(29));
+        assert_eq!(
+            parse_deposit(&body).unwrap().amount.to_minor(Currency::EUR),
+            Ok(29)
+        );
         let body: Value = serde_json::from_str(r#"{"amount": 1e309}"#).unwrap();
         assert_eq!(fields(parse_deposit(&body).unwrap_err()), vec!["amount"]);
     }
@@ -306,12 +360,21 @@ mod tests {
         let transfer = json!({"amount": "1", "currency": "EUR", "counterparty_name": "A", "counterparty_bic": "CRLYFRPPTOU", "counterparty_iban": "EE383680981021245685"});
         let body = |n: usize| json!({"organization_name": "A", "organization_bic": "OIVUSCLQXXX", "organization_iban": "FR10474608000002006107XXXXX", "credit_transfers": vec![transfer.clone(); n]});
         assert!(parse_bulk_transfer(&body(3), IbanCheck::Structure, 3).is_ok());
-        assert_eq!(fields(parse_bulk_transfer(&body(4), IbanCheck::Structure, 3).unwrap_err()), vec!["credit_transfers"]);
-        assert_eq!(fields(parse_bulk_transfer(&body(0), IbanCheck::Structure, 3).unwrap_err()), vec!["credit_transfers"]);
+        assert_eq!(
+            fields(parse_bulk_transfer(&body(4), IbanCheck::Structure, 3).unwrap_err()),
+            vec!["credit_transfers"]
+        );
+        assert_eq!(
+            fields(parse_bulk_transfer(&body(0), IbanCheck::Structure, 3).unwrap_err()),
+            vec!["credit_transfers"]
+        );
     }
 
     #[test]
     fn a_body_that_is_not_an_object_is_named_body() {
-        assert_eq!(fields(parse_open_account(&json!([1]), IbanCheck::Full).unwrap_err()), vec!["body"]);
+        assert_eq!(
+            fields(parse_open_account(&json!([1]), IbanCheck::Full).unwrap_err()),
+            vec!["body"]
+        );
     }
 }

@@ -23,7 +23,11 @@ use crate::domain::IbanCheck;
 use crate::pg::{self, Cluster};
 
 #[derive(Debug, Parser)]
-#[command(name = "ledger", version, about = "An event-sourced transfer ledger on PostgreSQL")]
+#[command(
+    name = "ledger",
+    version,
+    about = "An event-sourced transfer ledger on PostgreSQL"
+)]
 pub struct Cli {
     /// PostgreSQL URL. When absent, a project-local cluster under the data
     /// directory is created and started on first use.
@@ -119,7 +123,10 @@ enum AccountsCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("ledger: cannot start the async runtime: {error}");
@@ -138,7 +145,9 @@ pub fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -164,7 +173,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 page_size_max: args.page_size_max,
                 ..Limits::default()
             };
-            anyhow::ensure!(limits.page_size_max >= 1, "--page-size-max must be at least 1");
+            anyhow::ensure!(
+                limits.page_size_max >= 1,
+                "--page-size-max must be at least 1"
+            );
             let ledger = Arc::new(Ledger::new(pool, settings(limits)));
             serve(ledger, args.listen).await?;
             Ok(ExitCode::SUCCESS)
@@ -178,7 +190,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn connect(cli: &Cli) -> anyhow::Result<PgPool> {
     let options = match &cli.database_url {
-        Some(url) => PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid PostgreSQL URL")?,
+        Some(url) => {
+            PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid PostgreSQL URL")?
+        }
         None => {
             let root = cli.data_dir.clone().unwrap_or_else(pg::default_root);
             let cluster = tokio::task::spawn_blocking(move || Cluster::ensure(&root)).await??;
@@ -189,7 +203,9 @@ async fn connect(cli: &Cli) -> anyhow::Result<PgPool> {
         connections_max: cli.pool_size,
         acquire_timeout: Duration::from_secs(5),
     };
-    db::connect(options, &settings).await.context("connecting to PostgreSQL")
+    db::connect(options, &settings)
+        .await
+        .context("connecting to PostgreSQL")
 }
 
 async fn serve(ledger: Arc<Ledger>, listen: SocketAddr) -> anyhow::Result<()> {
@@ -202,21 +218,24 @@ async fn serve(ledger: Arc<Ledger>, listen: SocketAddr) -> anyhow::Result<()> {
     // the server on port 0.
     println!("ledger listening on http://{address}");
     let app = crate::http::router(ledger);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     tracing::info!("stopped");
     Ok(())
 }
 
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM");
-            let _ = interrupt.await;
-            return;
-        }
-    };
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                let _ = interrupt.await;
+                return;
+            }
+        };
     tokio::select! {
         _ = interrupt => {},
         _ = terminate.recv() => {},
@@ -260,7 +279,10 @@ async fn accounts(ledger: &Ledger, command: AccountsCommand) -> anyhow::Result<E
                 let iban = ledger.lookup_iban(&iban, "iban")?;
                 if let Some(key) = idempotency_key {
                     let key = IdempotencyKey::parse(key.as_bytes())?;
-                    context.idempotency = Some((key, request_hash("POST", &path, body.to_string().as_bytes())));
+                    context.idempotency = Some((
+                        key,
+                        request_hash("POST", &path, body.to_string().as_bytes()),
+                    ));
                 }
                 let request = parse_deposit(&body).map_err(Problem::validation)?;
                 ledger.deposit(&context, &iban, request).await
@@ -271,12 +293,28 @@ async fn accounts(ledger: &Ledger, command: AccountsCommand) -> anyhow::Result<E
     match result {
         Ok(response) => {
             println!("{}", response.body);
-            Ok(if response.status < 400 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if response.status < 400 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Err(AppError::Client(problem)) => {
             println!("{}", problem.to_json());
-            let fields: Vec<String> = problem.errors.iter().map(|e| format!("{} {}", e.field, e.message)).collect();
-            eprintln!("ledger: {}{}", problem.detail, if fields.len() > 1 { format!(": {}", fields.join("; ")) } else { String::new() });
+            let fields: Vec<String> = problem
+                .errors
+                .iter()
+                .map(|e| format!("{} {}", e.field, e.message))
+                .collect();
+            eprintln!(
+                "ledger: {}{}",
+                problem.detail,
+                if fields.len() > 1 {
+                    format!(": {}", fields.join("; "))
+                } else {
+                    String::new()
+                }
+            );
             Ok(ExitCode::from(1))
         }
         Err(AppError::Internal(error)) => Err(error),

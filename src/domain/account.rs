@@ -142,7 +142,10 @@ impl Event {
     }
 
     /// Rebuilds an event from its stored type and payload.
-    pub fn from_stored(event_type: &str, data: serde_json::Value) -> Result<Event, serde_json::Error> {
+    pub fn from_stored(
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<Event, serde_json::Error> {
         serde_json::from_value(serde_json::json!({ "type": event_type, "data": data }))
     }
 }
@@ -214,7 +217,12 @@ fn decide_bulk(account: &Account, bulk: &TransferBulkCommand) -> Result<Vec<Even
     if bulk.transfers.is_empty() {
         return Err(Refusal::EmptyBulk);
     }
-    if let Some((index, line)) = bulk.transfers.iter().enumerate().find(|(_, t)| t.currency != account.currency) {
+    if let Some((index, line)) = bulk
+        .transfers
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.currency != account.currency)
+    {
         return Err(Refusal::CurrencyMismatch {
             requested: line.currency,
             account: account.currency,
@@ -265,10 +273,15 @@ fn decide_bulk(account: &Account, bulk: &TransferBulkCommand) -> Result<Vec<Even
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FoldError {
     #[error("{event_type} at version {version} applies to an account that was never opened")]
-    NotOpened { event_type: &'static str, version: i64 },
+    NotOpened {
+        event_type: &'static str,
+        version: i64,
+    },
     #[error("AccountOpened at version {version} on an account already open")]
     OpenedTwice { version: i64 },
-    #[error("{event_type} at version {version} records balance {recorded} but the fold gives {computed}")]
+    #[error(
+        "{event_type} at version {version} records balance {recorded} but the fold gives {computed}"
+    )]
     BalanceMismatch {
         event_type: &'static str,
         version: i64,
@@ -306,7 +319,9 @@ pub fn apply(state: Option<Account>, event: &Event) -> Result<Account, FoldError
             balance_cents: 0,
             version: 1,
         }),
-        (Some(_), Event::AccountOpened { .. }) => Err(FoldError::OpenedTwice { version: next_version }),
+        (Some(_), Event::AccountOpened { .. }) => Err(FoldError::OpenedTwice {
+            version: next_version,
+        }),
         (None, _) => Err(FoldError::NotOpened {
             event_type,
             version: next_version,
@@ -357,7 +372,9 @@ pub fn apply(state: Option<Account>, event: &Event) -> Result<Account, FoldError
 /// When they do not fold: `decide` and `apply` disagreeing is a bug, never
 /// an input error.
 pub fn evolve(state: Option<Account>, events: &[Event]) -> Account {
-    let folded = events.iter().try_fold(state, |state, event| apply(state, event).map(Some));
+    let folded = events
+        .iter()
+        .try_fold(state, |state, event| apply(state, event).map(Some));
     match folded {
         Ok(Some(account)) => account,
         Ok(None) => panic!("evolve needs an opened account or an AccountOpened event"),
@@ -366,7 +383,9 @@ pub fn evolve(state: Option<Account>, events: &[Event]) -> Account {
 }
 
 /// Folds a whole stream from the beginning.
-pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> Result<Option<Account>, FoldError> {
+pub fn replay<'a>(
+    events: impl IntoIterator<Item = &'a Event>,
+) -> Result<Option<Account>, FoldError> {
     events
         .into_iter()
         .try_fold(None, |state, event| apply(state, event).map(Some))
@@ -482,13 +501,22 @@ mod tests {
             bic: Bic::parse("OIVUSCLQXXX").unwrap(),
             currency: Currency::EUR,
         });
-        assert_eq!(given(vec![opened()]).when(command), Err(Refusal::AlreadyOpen));
+        assert_eq!(
+            given(vec![opened()]).when(command),
+            Err(Refusal::AlreadyOpen)
+        );
     }
 
     #[test]
     fn a_deposit_credits_the_account() {
         let events = given(vec![opened()]).when(deposit(10_000_000)).unwrap();
-        assert!(matches!(events[..], [Event::FundsDeposited { balance_after_cents: 10_000_000, .. }]));
+        assert!(matches!(
+            events[..],
+            [Event::FundsDeposited {
+                balance_after_cents: 10_000_000,
+                ..
+            }]
+        ));
     }
 
     #[test]
@@ -499,26 +527,50 @@ mod tests {
             currency: Currency::parse("USD").unwrap(),
             reference: None,
         });
-        assert!(matches!(given(vec![opened()]).when(command), Err(Refusal::CurrencyMismatch { .. })));
+        assert!(matches!(
+            given(vec![opened()]).when(command),
+            Err(Refusal::CurrencyMismatch { .. })
+        ));
     }
 
     #[test]
     fn commands_on_a_missing_account_are_refused() {
-        assert_eq!(given(vec![]).when(deposit(100)), Err(Refusal::AccountNotFound));
-        assert_eq!(given(vec![]).when(bulk(vec![line(1, 1)])), Err(Refusal::AccountNotFound));
+        assert_eq!(
+            given(vec![]).when(deposit(100)),
+            Err(Refusal::AccountNotFound)
+        );
+        assert_eq!(
+            given(vec![]).when(bulk(vec![line(1, 1)])),
+            Err(Refusal::AccountNotFound)
+        );
     }
 
     #[test]
     fn the_seed_bulk_is_booked_whole_and_leaves_37748_50() {
         let events = given(vec![opened(), deposited(10_000_000, 10_000_000)])
-            .when(bulk(vec![line(1, 1_450), line(2, 6_123_800), line(3, 99_900)]))
+            .when(bulk(vec![
+                line(1, 1_450),
+                line(2, 6_123_800),
+                line(3, 99_900),
+            ]))
             .unwrap();
         match &events[..] {
-            [Event::BulkTransferBooked { total_cents, balance_after_cents, transfers, .. }] => {
+            [
+                Event::BulkTransferBooked {
+                    total_cents,
+                    balance_after_cents,
+                    transfers,
+                    ..
+                },
+            ] => {
                 assert_eq!(*total_cents, 6_225_150);
                 assert_eq!(*balance_after_cents, 3_774_850);
                 let ids: Vec<_> = transfers.iter().map(|t| t.transfer_id).collect();
-                assert_eq!(ids, vec![Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3)], "request order");
+                assert_eq!(
+                    ids,
+                    vec![Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3)],
+                    "request order"
+                );
             }
             other => panic!("expected one booked bulk, got {other:?}"),
         }
@@ -548,8 +600,16 @@ mod tests {
 
     #[test]
     fn a_bulk_that_spends_exactly_the_balance_is_booked() {
-        let events = given(vec![opened(), deposited(300, 300)]).when(bulk(vec![line(1, 300)])).unwrap();
-        assert!(matches!(events[..], [Event::BulkTransferBooked { balance_after_cents: 0, .. }]));
+        let events = given(vec![opened(), deposited(300, 300)])
+            .when(bulk(vec![line(1, 300)]))
+            .unwrap();
+        assert!(matches!(
+            events[..],
+            [Event::BulkTransferBooked {
+                balance_after_cents: 0,
+                ..
+            }]
+        ));
     }
 
     #[test]
@@ -558,25 +618,41 @@ mod tests {
         if let Command::TransferBulk(b) = &mut command {
             b.organization_name = "ACME Inc".into();
         }
-        assert_eq!(given(vec![opened()]).when(command), Err(Refusal::OrganizationMismatch));
+        assert_eq!(
+            given(vec![opened()]).when(command),
+            Err(Refusal::OrganizationMismatch)
+        );
         let mut command = bulk(vec![line(1, 1)]);
         if let Command::TransferBulk(b) = &mut command {
             b.organization_bic = Bic::parse("DEUTDEFF").unwrap();
         }
-        assert_eq!(given(vec![opened()]).when(command), Err(Refusal::OrganizationMismatch));
+        assert_eq!(
+            given(vec![opened()]).when(command),
+            Err(Refusal::OrganizationMismatch)
+        );
     }
 
     #[test]
     fn a_transfer_in_another_currency_is_refused_naming_its_index() {
         let mut usd = line(2, 100);
         usd.currency = Currency::parse("USD").unwrap();
-        let refusal = given(vec![opened(), deposited(1_000, 1_000)]).when(bulk(vec![line(1, 100), usd]));
-        assert!(matches!(refusal, Err(Refusal::CurrencyMismatch { transfer_index: Some(1), .. })));
+        let refusal =
+            given(vec![opened(), deposited(1_000, 1_000)]).when(bulk(vec![line(1, 100), usd]));
+        assert!(matches!(
+            refusal,
+            Err(Refusal::CurrencyMismatch {
+                transfer_index: Some(1),
+                ..
+            })
+        ));
     }
 
     #[test]
     fn an_empty_bulk_is_refused() {
-        assert_eq!(given(vec![opened()]).when(bulk(vec![])), Err(Refusal::EmptyBulk));
+        assert_eq!(
+            given(vec![opened()]).when(bulk(vec![])),
+            Err(Refusal::EmptyBulk)
+        );
     }
 
     #[test]
@@ -588,9 +664,23 @@ mod tests {
     #[test]
     fn the_fold_detects_a_recorded_balance_that_does_not_add_up() {
         let result = replay(&[opened(), deposited(100, 101)]);
-        assert!(matches!(result, Err(FoldError::BalanceMismatch { version: 2, recorded: 101, computed: 100, .. })));
-        assert!(matches!(replay(&[deposited(100, 100)]), Err(FoldError::NotOpened { version: 1, .. })));
-        assert!(matches!(replay(&[opened(), opened()]), Err(FoldError::OpenedTwice { version: 2 })));
+        assert!(matches!(
+            result,
+            Err(FoldError::BalanceMismatch {
+                version: 2,
+                recorded: 101,
+                computed: 100,
+                ..
+            })
+        ));
+        assert!(matches!(
+            replay(&[deposited(100, 100)]),
+            Err(FoldError::NotOpened { version: 1, .. })
+        ));
+        assert!(matches!(
+            replay(&[opened(), opened()]),
+            Err(FoldError::OpenedTwice { version: 2 })
+        ));
     }
 
     #[test]
@@ -612,7 +702,10 @@ mod tests {
         };
         let stored = event.data();
         assert_eq!(stored["transfers"][0]["currency"], "EUR");
-        assert_eq!(Event::from_stored(event.event_type(), stored).unwrap(), event);
+        assert_eq!(
+            Event::from_stored(event.event_type(), stored).unwrap(),
+            event
+        );
     }
 
     #[derive(Debug, Clone)]

@@ -23,7 +23,9 @@ impl std::str::FromStr for IbanCheck {
         match s {
             "full" => Ok(IbanCheck::Full),
             "structure" => Ok(IbanCheck::Structure),
-            other => Err(format!("unknown IBAN check {other:?}: expected full or structure")),
+            other => Err(format!(
+                "unknown IBAN check {other:?}: expected full or structure"
+            )),
         }
     }
 }
@@ -33,7 +35,9 @@ pub struct Iban(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IbanError {
-    #[error("must be 15 to 34 characters: a two-letter country code, two check digits and up to 30 letters or digits")]
+    #[error(
+        "must be 15 to 34 characters: a two-letter country code, two check digits and up to 30 letters or digits"
+    )]
     Shape,
     #[error("has the wrong length or format for its country")]
     CountryFormat,
@@ -101,7 +105,8 @@ impl serde::Serialize for Iban {
 impl<'de> serde::Deserialize<'de> for Iban {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Iban::parse(&text, IbanCheck::Structure).map_err(|e| serde::de::Error::custom(format!("IBAN {text:?} {e}")))
+        Iban::parse(&text, IbanCheck::Structure)
+            .map_err(|e| serde::de::Error::custom(format!("IBAN {text:?} {e}")))
     }
 }
 
@@ -124,7 +129,9 @@ impl<'de> serde::Deserialize<'de> for Bic {
 pub struct Bic(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("must be 8 or 11 characters: 4 letters, a 2-letter country code, 2 letters or digits, and an optional 3-character branch")]
+#[error(
+    "must be 8 or 11 characters: 4 letters, a 2-letter country code, 2 letters or digits, and an optional 3-character branch"
+)]
 pub struct BicError;
 
 impl Bic {
@@ -171,27 +178,64 @@ mod tests {
 
     #[test]
     fn full_check_refuses_bad_check_digits_and_lengths() {
-        assert_eq!(Iban::parse("DE88370400440532013000", IbanCheck::Full), Err(IbanError::Checksum));
-        assert_eq!(Iban::parse("DE8937040044053201300", IbanCheck::Full).map(|_| ()).is_err(), true);
+        assert_eq!(
+            Iban::parse("DE88370400440532013000", IbanCheck::Full),
+            Err(IbanError::Checksum)
+        );
+        // Valid mod-97 check digits, but one character short for Germany.
+        assert_eq!(
+            Iban::parse("DE5137040044053201300", IbanCheck::Full),
+            Err(IbanError::CountryFormat)
+        );
+        assert_eq!(
+            Iban::parse("DE8937040044053201300", IbanCheck::Full),
+            Err(IbanError::Checksum)
+        );
         assert_eq!(Iban::parse("XX", IbanCheck::Full), Err(IbanError::Shape));
-        assert_eq!(Iban::parse("1234567890123456", IbanCheck::Full), Err(IbanError::Shape));
-        assert_eq!(Iban::parse("DE89-3704-0044-0532-0130-00", IbanCheck::Full), Err(IbanError::Shape));
+        assert_eq!(
+            Iban::parse("1234567890123456", IbanCheck::Full),
+            Err(IbanError::Shape)
+        );
+        assert_eq!(
+            Iban::parse("DE89-3704-0044-0532-0130-00", IbanCheck::Full),
+            Err(IbanError::Shape)
+        );
     }
 
     #[test]
     fn the_seed_ibans_pass_only_the_structure_check() {
         for text in SEED_IBANS {
-            assert!(Iban::parse(text, IbanCheck::Full).is_err(), "{text} should fail the full check");
-            assert_eq!(Iban::parse(text, IbanCheck::Structure).unwrap().as_str(), text);
+            assert!(
+                Iban::parse(text, IbanCheck::Full).is_err(),
+                "{text} should fail the full check"
+            );
+            assert_eq!(
+                Iban::parse(text, IbanCheck::Structure).unwrap().as_str(),
+                text
+            );
         }
     }
 
     #[test]
     fn bics_have_the_iso_9362_shape() {
-        for ok in ["OIVUSCLQXXX", "CRLYFRPPTOU", "ZDRPLBQI", "RNJZNTMC", "deutdeff"] {
+        for ok in [
+            "OIVUSCLQXXX",
+            "CRLYFRPPTOU",
+            "ZDRPLBQI",
+            "RNJZNTMC",
+            "deutdeff",
+        ] {
             assert!(Bic::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "ABC", "DEUTDEF", "DEUTDEFF5", "1EUTDEFF", "DEUTD1FF", "DEUTDEFF50!"] {
+        for bad in [
+            "",
+            "ABC",
+            "DEUTDEF",
+            "DEUTDEFF5",
+            "1EUTDEFF",
+            "DEUTD1FF",
+            "DEUTDEFF50!",
+        ] {
             assert_eq!(Bic::parse(bad), Err(BicError), "{bad}");
         }
     }

@@ -64,7 +64,8 @@ impl serde::Serialize for Currency {
 impl<'de> serde::Deserialize<'de> for Currency {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let code = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Currency::parse(&code).map_err(|e| serde::de::Error::custom(format!("currency {code:?} {e}")))
+        Currency::parse(&code)
+            .map_err(|e| serde::de::Error::custom(format!("currency {code:?} {e}")))
     }
 }
 
@@ -115,7 +116,11 @@ impl Amount {
         }
         let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
         let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-        if whole.is_empty() || !all_digits(whole) || !all_digits(fraction) || (text.contains('.') && fraction.is_empty()) {
+        if whole.is_empty()
+            || !all_digits(whole)
+            || !all_digits(fraction)
+            || (text.contains('.') && fraction.is_empty())
+        {
             return Err(AmountError::NotDecimal);
         }
         let whole = whole.trim_start_matches('0');
@@ -128,8 +133,16 @@ impl Amount {
         if fraction.len() > AMOUNT_SCALE_MAX as usize {
             return Err(AmountError::TooPrecise(AMOUNT_SCALE_MAX));
         }
-        let units: i64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| AmountError::NotDecimal)? };
-        let fraction_value: i64 = if fraction.is_empty() { 0 } else { fraction.parse().map_err(|_| AmountError::NotDecimal)? };
+        let units: i64 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| AmountError::NotDecimal)?
+        };
+        let fraction_value: i64 = if fraction.is_empty() {
+            0
+        } else {
+            fraction.parse().map_err(|_| AmountError::NotDecimal)?
+        };
         let scale = fraction.len() as u32;
         if units > AMOUNT_UNITS_MAX || (units == AMOUNT_UNITS_MAX && fraction_value > 0) {
             return Err(AmountError::TooLarge);
@@ -189,7 +202,11 @@ mod tests {
         assert_eq!(parse_amount("999", eur), Ok(99_900));
         assert_eq!(parse_amount("0.01", eur), Ok(1));
         assert_eq!(parse_amount("1.50", eur), Ok(150));
-        assert_eq!(parse_amount("1.500", eur), Ok(150), "trailing zeros add no precision");
+        assert_eq!(
+            parse_amount("1.500", eur),
+            Ok(150),
+            "trailing zeros add no precision"
+        );
         assert_eq!(parse_amount("007.10", eur), Ok(710));
         assert_eq!(parse_amount("1000000000000", eur), Ok(100_000_000_000_000));
     }
@@ -210,8 +227,14 @@ mod tests {
         assert_eq!(parse_amount("+5", eur), Err(AmountError::NotDecimal));
         assert_eq!(parse_amount(" 5", eur), Err(AmountError::NotDecimal));
         assert_eq!(parse_amount("1,50", eur), Err(AmountError::NotDecimal));
-        assert_eq!(parse_amount("1000000000000.01", eur), Err(AmountError::TooLarge));
-        assert_eq!(parse_amount("99999999999999999999999", eur), Err(AmountError::TooLarge));
+        assert_eq!(
+            parse_amount("1000000000000.01", eur),
+            Err(AmountError::TooLarge)
+        );
+        assert_eq!(
+            parse_amount("99999999999999999999999", eur),
+            Err(AmountError::TooLarge)
+        );
     }
 
     #[test]
@@ -222,7 +245,10 @@ mod tests {
         assert_eq!(Currency::parse("eur"), Err(CurrencyError::Shape));
         assert_eq!(Currency::parse("EURO"), Err(CurrencyError::Shape));
         assert_eq!(Currency::parse("ZZZ"), Err(CurrencyError::Unknown));
-        assert_eq!(parse_amount("1.5", Currency::parse("JPY").unwrap()), Err(AmountError::TooPrecise(0)));
+        assert_eq!(
+            parse_amount("1.5", Currency::parse("JPY").unwrap()),
+            Err(AmountError::TooPrecise(0))
+        );
     }
 
     #[test]
@@ -231,7 +257,10 @@ mod tests {
         assert_eq!(format_amount(5, Currency::EUR), "0.05");
         assert_eq!(format_amount(-150, Currency::EUR), "-1.50");
         assert_eq!(format_amount(0, Currency::EUR), "0.00");
-        assert_eq!(format_amount(1234, Currency::parse("KWD").unwrap()), "1.234");
+        assert_eq!(
+            format_amount(1234, Currency::parse("KWD").unwrap()),
+            "1.234"
+        );
         assert_eq!(format_amount(1234, Currency::parse("JPY").unwrap()), "1234");
     }
 

@@ -85,8 +85,14 @@ mod tests {
     #[test]
     fn canonical_json_sorts_keys_at_every_level() {
         let mut out = Vec::new();
-        canonical_json(&json!({"b": 1, "a": {"d": [1, {"z": null, "y": "é"}], "c": true}}), &mut out);
-        assert_eq!(String::from_utf8(out).unwrap(), r#"{"a":{"c":true,"d":[1,{"y":"é","z":null}]},"b":1}"#);
+        canonical_json(
+            &json!({"b": 1, "a": {"d": [1, {"z": null, "y": "é"}], "c": true}}),
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"a":{"c":true,"d":[1,{"y":"é","z":null}]},"b":1}"#
+        );
     }
 
     #[test]
@@ -105,8 +111,20 @@ mod tests {
         };
         let h = event_hash(&GENESIS, &base);
         let other_data = json!({"amount_cents": 101});
-        assert_ne!(h, event_hash(&GENESIS, &HashInput { data: &other_data, ..base }));
-        let base = HashInput { data: &data, ..base };
+        assert_ne!(
+            h,
+            event_hash(
+                &GENESIS,
+                &HashInput {
+                    data: &other_data,
+                    ..base
+                }
+            )
+        );
+        let base = HashInput {
+            data: &data,
+            ..base
+        };
         assert_ne!(h, event_hash(&[1; 32], &base));
         assert_ne!(h, event_hash(&GENESIS, &HashInput { version: 2, ..base }));
         assert_eq!(h, event_hash(&GENESIS, &base), "deterministic");

@@ -194,7 +194,9 @@ fn classify(error: sqlx::Error) -> AppendError {
             Some("events_stream_version_key") => return AppendError::VersionConflict,
             Some("idempotency_keys_pkey") => return AppendError::IdempotencyKeyTaken,
             // Two first appends to a stream racing on the projection's row.
-            Some("balances_pkey") | Some("balances_iban_key") => return AppendError::VersionConflict,
+            Some("balances_pkey") | Some("balances_iban_key") => {
+                return AppendError::VersionConflict;
+            }
             _ => {}
         }
     }
@@ -224,11 +226,16 @@ pub async fn read_stream(
 
 /// The hash of a stream's event at `version` (its head, when `version` is
 /// the stream's version).
-pub async fn head_hash(pool: &PgPool, stream_id: Uuid, version: i64) -> Result<Option<[u8; 32]>, sqlx::Error> {
-    let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT hash FROM events WHERE stream_id = $1 AND version = $2")
-        .bind(stream_id)
-        .bind(version)
-        .fetch_optional(pool)
-        .await?;
+pub async fn head_hash(
+    pool: &PgPool,
+    stream_id: Uuid,
+    version: i64,
+) -> Result<Option<[u8; 32]>, sqlx::Error> {
+    let row: Option<(Vec<u8>,)> =
+        sqlx::query_as("SELECT hash FROM events WHERE stream_id = $1 AND version = $2")
+            .bind(stream_id)
+            .bind(version)
+            .fetch_optional(pool)
+            .await?;
     Ok(row.and_then(|(bytes,)| bytes.try_into().ok()))
 }

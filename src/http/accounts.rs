@@ -21,8 +21,11 @@ pub async fn open(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let input = command_input(&headers, &method, uri.path(), body)?;
-    let request = parse_open_account(&input.body, ledger.settings().iban_check).map_err(Problem::validation)?;
-    Ok(command_response(ledger.open_account(&input.context, request).await?))
+    let request = parse_open_account(&input.body, ledger.settings().iban_check)
+        .map_err(Problem::validation)?;
+    Ok(command_response(
+        ledger.open_account(&input.context, request).await?,
+    ))
 }
 
 pub async fn deposit(
@@ -36,13 +39,21 @@ pub async fn deposit(
     let iban = ledger.lookup_iban(&iban, "iban")?;
     let input = command_input(&headers, &method, uri.path(), body)?;
     let request = parse_deposit(&input.body).map_err(Problem::validation)?;
-    Ok(command_response(ledger.deposit(&input.context, &iban, request).await?))
+    Ok(command_response(
+        ledger.deposit(&input.context, &iban, request).await?,
+    ))
 }
 
-pub async fn get(State(ledger): State<AppState>, Path(iban): Path<String>) -> Result<Response, ApiError> {
+pub async fn get(
+    State(ledger): State<AppState>,
+    Path(iban): Path<String>,
+) -> Result<Response, ApiError> {
     let iban = ledger.lookup_iban(&iban, "iban")?;
     let view = ledger.account(&iban).await?;
-    Ok(json_response(StatusCode::OK, serde_json::to_string(&view).expect("view serialises")))
+    Ok(json_response(
+        StatusCode::OK,
+        serde_json::to_string(&view).expect("view serialises"),
+    ))
 }
 
 pub async fn transactions(
@@ -52,10 +63,20 @@ pub async fn transactions(
 ) -> Result<Response, ApiError> {
     let iban = ledger.lookup_iban(&iban, "iban")?;
     let Query(query) = query.map_err(|e| {
-        Problem::validation(vec![crate::problem::FieldError::new("query", e.body_text())])
+        Problem::validation(vec![crate::problem::FieldError::new(
+            "query",
+            e.body_text(),
+        )])
     })?;
     let page = ledger
-        .transactions(&iban, query.get("limit").map(String::as_str), query.get("cursor").map(String::as_str))
+        .transactions(
+            &iban,
+            query.get("limit").map(String::as_str),
+            query.get("cursor").map(String::as_str),
+        )
         .await?;
-    Ok(json_response(StatusCode::OK, serde_json::to_string(&page).expect("page serialises")))
+    Ok(json_response(
+        StatusCode::OK,
+        serde_json::to_string(&page).expect("page serialises"),
+    ))
 }

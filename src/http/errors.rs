@@ -35,7 +35,11 @@ impl IntoResponse for ApiError {
                 let unavailable = error.chain().any(|cause| {
                     matches!(
                         cause.downcast_ref::<sqlx::Error>(),
-                        Some(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+                        Some(
+                            sqlx::Error::PoolTimedOut
+                                | sqlx::Error::PoolClosed
+                                | sqlx::Error::Io(_)
+                        )
                     )
                 });
                 // The span carries the request id; the client gets none of this.
@@ -56,14 +60,22 @@ impl IntoResponse for ApiError {
 }
 
 fn internal() -> Problem {
-    Problem::new(500, "internal", "Internal error", "an unexpected error occurred; it has been logged with this request's x-request-id")
+    Problem::new(
+        500,
+        "internal",
+        "Internal error",
+        "an unexpected error occurred; it has been logged with this request's x-request-id",
+    )
 }
 
 pub fn problem_response(problem: &Problem) -> Response {
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        )],
         problem.to_json(),
     )
         .into_response()
@@ -71,9 +83,19 @@ pub fn problem_response(problem: &Problem) -> Response {
 
 pub fn body_rejection(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        Problem::new(413, "body-too-large", "Body too large", "the request body exceeds the configured limit").into()
+        Problem::new(
+            413,
+            "body-too-large",
+            "Body too large",
+            "the request body exceeds the configured limit",
+        )
+        .into()
     } else {
-        Problem::validation(vec![FieldError::new("body", format!("could not be read: {}", rejection.body_text()))]).into()
+        Problem::validation(vec![FieldError::new(
+            "body",
+            format!("could not be read: {}", rejection.body_text()),
+        )])
+        .into()
     }
 }
 
@@ -82,7 +104,12 @@ pub async fn not_found() -> Response {
 }
 
 pub async fn method_not_allowed() -> Response {
-    problem_response(&Problem::new(405, "method-not-allowed", "Method not allowed", "this route does not accept that method"))
+    problem_response(&Problem::new(
+        405,
+        "method-not-allowed",
+        "Method not allowed",
+        "this route does not accept that method",
+    ))
 }
 
 pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {

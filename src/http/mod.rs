@@ -64,13 +64,26 @@ async fn readyz(State(ledger): State<AppState>) -> Response {
         Ok(()) => json_response(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
         Err(error) => {
             tracing::warn!(error = format!("{error:#}"), "not ready");
-            errors::problem_response(&Problem::new(503, "not-ready", "Not ready", "the database is unreachable or not migrated"))
+            errors::problem_response(&Problem::new(
+                503,
+                "not-ready",
+                "Not ready",
+                "the database is unreachable or not migrated",
+            ))
         }
     }
 }
 
 pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
-    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Everything a command needs from the request besides its parsed body:
@@ -99,28 +112,58 @@ pub(crate) fn command_input(
             })
             .unwrap_or(false);
         if !is_json {
-            return Err(Problem::new(415, "unsupported-media-type", "Unsupported media type", "send the body as application/json").into());
+            return Err(Problem::new(
+                415,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "send the body as application/json",
+            )
+            .into());
         }
     }
-    let request_id = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let request_id = headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let idempotency = match headers.get(IDEMPOTENCY_KEY) {
         None => None,
-        Some(raw) => Some((IdempotencyKey::parse(raw.as_bytes())?, request_hash(method.as_str(), path, &body))),
+        Some(raw) => Some((
+            IdempotencyKey::parse(raw.as_bytes())?,
+            request_hash(method.as_str(), path, &body),
+        )),
     };
-    let body = serde_json::from_slice(&body)
-        .map_err(|error| Problem::validation(vec![FieldError::new("body", format!("is not valid JSON: {error}"))]))?;
+    let body = serde_json::from_slice(&body).map_err(|error| {
+        Problem::validation(vec![FieldError::new(
+            "body",
+            format!("is not valid JSON: {error}"),
+        )])
+    })?;
     Ok(CommandInput {
-        context: CommandContext { request_id, idempotency },
+        context: CommandContext {
+            request_id,
+            idempotency,
+        },
         body,
     })
 }
 
 pub(crate) fn command_response(response: CommandResponse) -> Response {
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let content_type = if status.is_success() { "application/json" } else { "application/problem+json" };
-    let mut http = (status, [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], response.body).into_response();
+    let content_type = if status.is_success() {
+        "application/json"
+    } else {
+        "application/problem+json"
+    };
+    let mut http = (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        response.body,
+    )
+        .into_response();
     if response.replayed {
-        http.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+        http.headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     http
 }

@@ -138,7 +138,10 @@ impl Cluster {
         if created {
             // Keep the cluster out of version control when it sits in a checkout.
             // Two racing processes may both write it; the content is the same.
-            let _ = fs::write(root.join(".gitignore"), "# Created by ledger: a local PostgreSQL cluster.\n*\n");
+            let _ = fs::write(
+                root.join(".gitignore"),
+                "# Created by ledger: a local PostgreSQL cluster.\n*\n",
+            );
         }
         // Resolve symlinks: the ancestors checked below must be the real ones.
         let root = fs::canonicalize(&root)
@@ -183,8 +186,8 @@ impl Cluster {
         let user = ServerUser::detect()?;
 
         let tmp = std::env::temp_dir();
-        let base = fs::canonicalize(&tmp)
-            .map_err(io_err(format!("cannot resolve {}", tmp.display())))?;
+        let base =
+            fs::canonicalize(&tmp).map_err(io_err(format!("cannot resolve {}", tmp.display())))?;
         let root = loop {
             let id = uuid::Uuid::new_v4().simple().to_string();
             let candidate = base.join(format!("ledger-test-{}", &id[..12]));
@@ -327,9 +330,14 @@ impl Cluster {
         // directory, so create it and hand it over.
         private_dir(target, &self.user)?;
         let mut cmd = self.command("initdb");
-        cmd.arg("-D")
-            .arg(target)
-            .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C"]);
+        cmd.arg("-D").arg(target).args([
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]);
         if self.temporary {
             cmd.arg("--no-sync");
         }
@@ -512,8 +520,8 @@ impl Cluster {
     /// it was started by hand or before the directory was moved.
     fn adopt_running_settings(&mut self) -> Result<(), PgError> {
         let path = self.data.join("postmaster.pid");
-        let text = fs::read_to_string(&path)
-            .map_err(io_err(format!("cannot read {}", path.display())))?;
+        let text =
+            fs::read_to_string(&path).map_err(io_err(format!("cannot read {}", path.display())))?;
         let lines: Vec<&str> = text.lines().collect();
         let port = lines.get(3).and_then(|l| l.trim().parse().ok());
         let socket_dir = lines.get(4).map(|l| l.trim()).filter(|l| !l.is_empty());
@@ -773,10 +781,11 @@ fn find_bin_dir() -> Option<PathBuf> {
     let mut best: Option<(Vec<u32>, PathBuf)> = None;
     for entry in fs::read_dir("/usr/lib/postgresql").ok()?.flatten() {
         let name = entry.file_name();
-        let Some(version) = name
-            .to_str()
-            .and_then(|n| n.split('.').map(|p| p.parse().ok()).collect::<Option<Vec<u32>>>())
-        else {
+        let Some(version) = name.to_str().and_then(|n| {
+            n.split('.')
+                .map(|p| p.parse().ok())
+                .collect::<Option<Vec<u32>>>()
+        }) else {
             continue;
         };
         let bin = entry.path().join("bin");
@@ -827,8 +836,9 @@ fn private_dir(dir: &Path, user: &ServerUser) -> Result<(), PgError> {
                     user.name
                 )));
             }
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-                .map_err(io_err(format!("cannot set the permissions of {}", dir.display())))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(
+                format!("cannot set the permissions of {}", dir.display()),
+            ))?;
         }
         Err(e) => return Err(io_err(format!("cannot create {}", dir.display()))(e)),
     }

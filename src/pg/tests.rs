@@ -28,7 +28,9 @@ impl TestRoot {
 
 impl Drop for TestRoot {
     fn drop(&mut self) {
-        let root = fs::canonicalize(&self.dir).unwrap_or(self.dir.clone()).join(".ledger");
+        let root = fs::canonicalize(&self.dir)
+            .unwrap_or(self.dir.clone())
+            .join(".ledger");
         if root.join("data").exists()
             && let (Some(bin_dir), Ok(user)) = (find_bin_dir(), ServerUser::detect())
             && let Ok(cluster) = Cluster::new(root, bin_dir, user, false)

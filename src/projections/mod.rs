@@ -33,9 +33,14 @@ const INSTALL_LOCK: i64 = 0x6c65_6467_6572_0001;
 /// functions. Idempotent; serialised across processes by an advisory lock.
 pub async fn install(pool: &PgPool) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(INSTALL_LOCK).execute(&mut *tx).await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(INSTALL_LOCK)
+        .execute(&mut *tx)
+        .await?;
     for projection in PROJECTIONS {
-        sqlx::raw_sql(projection.definition).execute(&mut *tx).await?;
+        sqlx::raw_sql(projection.definition)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await
 }

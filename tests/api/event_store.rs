@@ -16,8 +16,14 @@ async fn the_database_refuses_update_delete_and_truncate_on_events() {
         "TRUNCATE events",
         "TRUNCATE events CASCADE",
     ] {
-        let error = sqlx::query(statement).execute(&app.pool).await.expect_err(statement);
-        assert!(error.to_string().contains("events are immutable"), "{statement}: {error}");
+        let error = sqlx::query(statement)
+            .execute(&app.pool)
+            .await
+            .expect_err(statement);
+        assert!(
+            error.to_string().contains("events are immutable"),
+            "{statement}: {error}"
+        );
     }
     assert_eq!(app.event_count().await, 2);
 }
@@ -26,18 +32,39 @@ async fn the_database_refuses_update_delete_and_truncate_on_events() {
 async fn each_event_hash_chains_to_the_previous_one_in_its_stream() {
     let app = TestApp::spawn().await;
     app.acme_with(10_000).await;
-    app.post("/v1/transfer/bulk", &bulk(vec![transfer("1.00"), transfer("2.00")])).await;
-    let stream_id: uuid::Uuid = sqlx::query("SELECT stream_id FROM events LIMIT 1").fetch_one(&app.pool).await.unwrap().get(0);
-    let events = event_store::read_stream(&app.pool, stream_id, None, None).await.unwrap();
+    app.post(
+        "/v1/transfer/bulk",
+        &bulk(vec![transfer("1.00"), transfer("2.00")]),
+    )
+    .await;
+    let stream_id: uuid::Uuid = sqlx::query("SELECT stream_id FROM events LIMIT 1")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+        .get(0);
+    let events = event_store::read_stream(&app.pool, stream_id, None, None)
+        .await
+        .unwrap();
     assert_eq!(events.len(), 3);
     let mut previous = event_store::hash::GENESIS;
     for event in &events {
-        assert_eq!(event.computed_hash(&previous).as_slice(), event.hash.as_slice(), "version {}", event.version);
+        assert_eq!(
+            event.computed_hash(&previous).as_slice(),
+            event.hash.as_slice(),
+            "version {}",
+            event.version
+        );
         previous = event.hash.clone().try_into().unwrap();
-        event.to_event().expect("stored payload reads back as a domain event");
+        event
+            .to_event()
+            .expect("stored payload reads back as a domain event");
     }
     assert_eq!(events[0].metadata["command"], "OpenAccount");
-    assert!(events[2].metadata["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+    assert!(
+        events[2].metadata["request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
 }
 
 /// Appending at a stale version is a conflict, never a second write.
@@ -45,8 +72,15 @@ async fn each_event_hash_chains_to_the_previous_one_in_its_stream() {
 async fn a_stale_expected_version_is_a_conflict() {
     let app = TestApp::spawn().await;
     app.acme_with(10_000).await;
-    let stream_id: uuid::Uuid = sqlx::query("SELECT stream_id FROM events LIMIT 1").fetch_one(&app.pool).await.unwrap().get(0);
-    let stale = event_store::StreamHead { version: 1, hash: [0; 32] };
+    let stream_id: uuid::Uuid = sqlx::query("SELECT stream_id FROM events LIMIT 1")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+        .get(0);
+    let stale = event_store::StreamHead {
+        version: 1,
+        hash: [0; 32],
+    };
     let event = ledger::domain::Event::BulkTransferRejected {
         bulk_id: uuid::Uuid::now_v7(),
         reason: "insufficient_funds".into(),
@@ -55,7 +89,19 @@ async fn a_stale_expected_version_is_a_conflict() {
         available_cents: 0,
         transfer_count: 1,
     };
-    let result = event_store::append(&app.pool, stream_id, stale, &[event], &serde_json::json!({}), chrono::Utc::now(), None).await;
-    assert!(matches!(result, Err(event_store::AppendError::VersionConflict)), "{result:?}");
+    let result = event_store::append(
+        &app.pool,
+        stream_id,
+        stale,
+        &[event],
+        &serde_json::json!({}),
+        chrono::Utc::now(),
+        None,
+    )
+    .await;
+    assert!(
+        matches!(result, Err(event_store::AppendError::VersionConflict)),
+        "{result:?}"
+    );
     assert_eq!(app.event_count().await, 2);
 }

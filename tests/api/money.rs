@@ -45,7 +45,20 @@ async fn bad_amounts_are_400_and_change_nothing() {
     let app = TestApp::spawn().await;
     app.acme_with(10_000).await;
     let events_before = app.event_count().await;
-    for amount in [r#""1.005""#, r#""-1""#, r#""0""#, r#""abc""#, "1e309", "-1", "0", "1.005", r#""1000000000000.01""#, "true", "null", r#""""#] {
+    for amount in [
+        r#""1.005""#,
+        r#""-1""#,
+        r#""0""#,
+        r#""abc""#,
+        "1e309",
+        "-1",
+        "0",
+        "1.005",
+        r#""1000000000000.01""#,
+        "true",
+        "null",
+        r#""""#,
+    ] {
         let (status, body) = deposit_raw(&app, &format!(r#"{{"amount": {amount}}}"#)).await;
         assert_eq!(status, 400, "deposit {amount}: {body}");
         assert_eq!(body["errors"][0]["field"], "amount", "{body}");
@@ -54,10 +67,20 @@ async fn bad_amounts_are_400_and_change_nothing() {
                 "credit_transfers": [{{"amount": {amount}, "currency": "EUR", "counterparty_name": "A",
                 "counterparty_bic": "CRLYFRPPTOU", "counterparty_iban": "EE383680981021245685"}}]}}"#
         );
-        let response = app.client.post(app.url("/v1/transfer/bulk")).header("content-type", "application/json").body(transfer_body).send().await.unwrap();
+        let response = app
+            .client
+            .post(app.url("/v1/transfer/bulk"))
+            .header("content-type", "application/json")
+            .body(transfer_body)
+            .send()
+            .await
+            .unwrap();
         let (status, body) = into_parts(response).await;
         assert_eq!(status, 400, "transfer {amount}: {body}");
-        assert_eq!(body["errors"][0]["field"], "credit_transfers[0].amount", "{body}");
+        assert_eq!(
+            body["errors"][0]["field"], "credit_transfers[0].amount",
+            "{body}"
+        );
     }
     assert_eq!(app.balance_cents(ACME_IBAN).await, 10_000);
     assert_eq!(app.event_count().await, events_before);

@@ -33,7 +33,10 @@ fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
     SERVER.get_or_init(|| {
         let (cluster, maintenance) = match std::env::var("DATABASE_URL") {
-            Ok(url) => (None, PgConnectOptions::from_str(&url).expect("DATABASE_URL parses")),
+            Ok(url) => (
+                None,
+                PgConnectOptions::from_str(&url).expect("DATABASE_URL parses"),
+            ),
             Err(_) => {
                 let cluster = Cluster::temporary().expect("start a throw-away PostgreSQL cluster");
                 let options = cluster.connect_options("postgres");
@@ -46,12 +49,27 @@ fn server() -> &'static Server {
         let setup_maintenance = maintenance.clone();
         let setup_template = template.clone();
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             runtime.block_on(async {
-                let mut admin = setup_maintenance.connect().await.expect("connect to the test server");
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {setup_template}")).execute(&mut admin).await.unwrap();
-                sqlx::query(&format!("CREATE DATABASE {setup_template}")).execute(&mut admin).await.unwrap();
-                let pool = PgPool::connect_with(setup_maintenance.clone().database(&setup_template)).await.unwrap();
+                let mut admin = setup_maintenance
+                    .connect()
+                    .await
+                    .expect("connect to the test server");
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {setup_template}"))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                sqlx::query(&format!("CREATE DATABASE {setup_template}"))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                let pool =
+                    PgPool::connect_with(setup_maintenance.clone().database(&setup_template))
+                        .await
+                        .unwrap();
                 ledger::db::migrate(&pool).await.expect("migrations apply");
                 pool.close().await;
             });
@@ -76,11 +94,16 @@ impl TestDb {
     pub async fn new() -> TestDb {
         let server = server();
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect_with(&server.maintenance).await.expect("connect to the test server");
-        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {}", server.template))
-            .execute(&mut admin)
+        let mut admin = PgConnection::connect_with(&server.maintenance)
             .await
-            .expect("create the test database");
+            .expect("connect to the test server");
+        sqlx::query(&format!(
+            "CREATE DATABASE {name} TEMPLATE {}",
+            server.template
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
         admin.close().await.ok();
         TestDb {
             options: server.maintenance.clone().database(&name),
@@ -103,7 +126,11 @@ impl TestDb {
         let user = o.get_username();
         let port = o.get_port();
         if let Some(socket) = o.get_socket() {
-            format!("postgres://{user}@localhost:{port}/{}?host={}&sslmode=disable", self.name, socket.display())
+            format!(
+                "postgres://{user}@localhost:{port}/{}?host={}&sslmode=disable",
+                self.name,
+                socket.display()
+            )
         } else {
             match std::env::var("DATABASE_URL") {
                 Ok(url) => {
@@ -145,7 +172,9 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move {
-            axum::serve(listener, ledger::http::router(ledger)).await.unwrap();
+            axum::serve(listener, ledger::http::router(ledger))
+                .await
+                .unwrap();
         });
         TestApp {
             base: format!("http://{address}"),
@@ -160,7 +189,13 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = self.client.post(self.url(path)).json(body).send().await.unwrap();
+        let response = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
         into_parts(response).await
     }
 
@@ -180,18 +215,28 @@ impl TestApp {
     }
 
     pub async fn event_count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&self.pool).await.unwrap()
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
     }
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
 }
 
 pub async fn into_parts(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
-    let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
     (status, body)
 }
 
@@ -202,7 +247,12 @@ pub async fn open_acme(client: &reqwest::Client, base: &str, cents: i64) {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status().as_u16(), 201, "{}", response.text().await.unwrap());
+    assert_eq!(
+        response.status().as_u16(),
+        201,
+        "{}",
+        response.text().await.unwrap()
+    );
     if cents > 0 {
         let amount = format!("{}.{:02}", cents / 100, cents % 100);
         let response = client
@@ -211,7 +261,12 @@ pub async fn open_acme(client: &reqwest::Client, base: &str, cents: i64) {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status().as_u16(), 201, "{}", response.text().await.unwrap());
+        assert_eq!(
+            response.status().as_u16(),
+            201,
+            "{}",
+            response.text().await.unwrap()
+        );
     }
 }
 
@@ -279,7 +334,10 @@ impl Drop for Binary {
 /// Runs the `ledger` binary to completion.
 pub fn run_ledger(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
-    command.args(args).env_remove("DATABASE_URL").env("RUST_LOG", "warn");
+    command
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn");
     for (key, value) in envs {
         command.env(key, value);
     }
