@@ -160,7 +160,7 @@ impl Cluster {
         lock.lock()
             .map_err(io_err(format!("cannot lock {}", lock_path.display())))?;
 
-        let mut cluster = Cluster::new(root, bin_dir, user, false)?;
+        let mut cluster = Cluster::new(root, bin_dir, user, false);
         make_traversable(&cluster.root, &cluster.user)?;
         cluster.init_if_missing()?;
 
@@ -198,7 +198,7 @@ impl Cluster {
             }
         };
 
-        let cluster = Cluster::new(root, bin_dir, user, true)?;
+        let cluster = Cluster::new(root, bin_dir, user, true);
         // Before anything else, so that a failed initdb is cleaned up too.
         cluster.spawn_watchdog()?;
         give_to_server(&cluster.root, &cluster.user)?;
@@ -263,14 +263,9 @@ impl Cluster {
         run(cmd, "pg_ctl stop").map(drop)
     }
 
-    fn new(
-        root: PathBuf,
-        bin_dir: PathBuf,
-        user: ServerUser,
-        temporary: bool,
-    ) -> Result<Cluster, PgError> {
+    fn new(root: PathBuf, bin_dir: PathBuf, user: ServerUser, temporary: bool) -> Cluster {
         let socket_dir = socket_dir_for(&root);
-        Ok(Cluster {
+        Cluster {
             data: root.join("data"),
             log: root.join("postgres.log"),
             socket_dir,
@@ -279,7 +274,7 @@ impl Cluster {
             bin_dir,
             user,
             temporary,
-        })
+        }
     }
 
     /// A command for one of the server programs, run as the server user, from

@@ -33,8 +33,8 @@ impl Drop for TestRoot {
             .join(".ledger");
         if root.join("data").exists()
             && let (Some(bin_dir), Ok(user)) = (find_bin_dir(), ServerUser::detect())
-            && let Ok(cluster) = Cluster::new(root, bin_dir, user, false)
         {
+            let cluster = Cluster::new(root, bin_dir, user, false);
             // Fails harmlessly when the server is not running.
             let _ = cluster
                 .command("pg_ctl")
