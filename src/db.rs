@@ -22,10 +22,7 @@ impl Default for PoolSettings {
     }
 }
 
-pub async fn connect(
-    options: PgConnectOptions,
-    settings: &PoolSettings,
-) -> Result<PgPool, sqlx::Error> {
+pub async fn connect(options: PgConnectOptions, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
         .max_connections(settings.connections_max)
         .acquire_timeout(settings.acquire_timeout)
@@ -47,9 +44,6 @@ pub async fn ready(pool: &PgPool) -> anyhow::Result<()> {
         .fetch_one(pool)
         .await?;
     let expected = MIGRATOR.iter().count() as i64;
-    anyhow::ensure!(
-        applied >= expected,
-        "{applied} of {expected} migrations applied"
-    );
+    anyhow::ensure!(applied >= expected, "{applied} of {expected} migrations applied");
     Ok(())
 }

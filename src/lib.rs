@@ -6,7 +6,10 @@
 //! - [`event_store`]: the append-only `events` table; an append is one
 //!   statement that also applies the inline projections and records the
 //!   idempotency key.
-//! - [`projections`]: installs the read models defined in `projections/`.
+//! - [`projections`]: installs the read models defined in `projections/`,
+//!   rebuilds them from the log, reports their status.
+//! - [`audit`]: replays streams, verifies hash chains, compares the domain
+//!   fold with the projections.
 //! - [`app`]: command handlers (load → decide → append, retried on
 //!   conflict) and queries.
 //! - [`http`]: the axum API; thin, maps `app` results to responses and
@@ -16,6 +19,7 @@
 //! - [`cli`]: the `ledger` binary's subcommands.
 
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod db;
 pub mod domain;

@@ -64,12 +64,11 @@ pub struct Recorded {
 }
 
 pub async fn lookup(pool: &PgPool, key: &IdempotencyKey) -> Result<Option<Recorded>, sqlx::Error> {
-    let row: Option<(Vec<u8>, i16, String)> = sqlx::query_as(
-        "SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE key = $1",
-    )
-    .bind(key.as_str())
-    .fetch_optional(pool)
-    .await?;
+    let row: Option<(Vec<u8>, i16, String)> =
+        sqlx::query_as("SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE key = $1")
+            .bind(key.as_str())
+            .fetch_optional(pool)
+            .await?;
     Ok(row.map(|(request_hash, status, body)| Recorded {
         request_hash,
         status: status as u16,

@@ -14,15 +14,16 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::{
-    self, Account, Bic, Command, Currency, DepositCommand, Event, Iban, IbanCheck,
-    OpenAccountCommand, Refusal, TransferBulkCommand, TransferLine, format_amount,
+    self, Account, Bic, Command, Currency, DepositCommand, Event, Iban, IbanCheck, OpenAccountCommand, Refusal,
+    TransferBulkCommand, TransferLine, format_amount,
 };
 use crate::event_store::{self, AppendError, IdempotencyRecord, StreamHead};
 use crate::problem::{FieldError, Problem};
 use idempotency::IdempotencyKey;
 use requests::{BulkTransferRequest, DepositRequest, OpenAccountRequest};
 use views::{
-    AccountView, BulkTransferView, DepositView, TransactionPage, TransactionView, amount_text,
+    AccountView, BulkTransferView, DepositView, FeedEventView, FeedPage, PointInTimeView, TransactionPage,
+    TransactionView, amount_text,
 };
 
 /// Named limits (SPEC §2.3, §3), each enforced where its input arrives.
@@ -120,9 +121,7 @@ impl Ledger {
         Ledger {
             pool,
             settings,
-            stripes: (0..LOCK_STRIPES)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
+            stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 
@@ -318,18 +317,14 @@ impl Ledger {
                 Some((account, head)) => (Some(account), *head),
                 None => (None, StreamHead::EMPTY),
             };
-            let events = domain::decide(state, command)
-                .map_err(|refusal| refusal_problem(&refusal, iban))?;
+            let events = domain::decide(state, command).map_err(|refusal| refusal_problem(&refusal, iban))?;
             let (status, body) = render(state, &events)?;
-            let record = ctx
-                .idempotency
-                .as_ref()
-                .map(|(key, request_hash)| IdempotencyRecord {
-                    key: key.as_str().to_owned(),
-                    request_hash: *request_hash,
-                    response_status: status,
-                    response_body: body.clone(),
-                });
+            let record = ctx.idempotency.as_ref().map(|(key, request_hash)| IdempotencyRecord {
+                key: key.as_str().to_owned(),
+                request_hash: *request_hash,
+                response_status: status,
+                response_body: body.clone(),
+            });
             match event_store::append(
                 &self.pool,
                 stream_id,
@@ -353,9 +348,10 @@ impl Ledger {
                     tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(20)))).await;
                 }
                 Err(AppendError::IdempotencyKeyTaken) => {
-                    return self.replay(ctx).await?.ok_or_else(|| {
-                        AppError::Internal(anyhow::anyhow!("idempotency key taken but not found"))
-                    });
+                    return self
+                        .replay(ctx)
+                        .await?
+                        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("idempotency key taken but not found")));
                 }
                 Err(AppendError::Database(error)) => return Err(error.into()),
             }
@@ -372,13 +368,11 @@ impl Ledger {
         };
         match idempotency::lookup(&self.pool, key).await? {
             None => Ok(None),
-            Some(recorded) if recorded.request_hash == request_hash.as_slice() => {
-                Ok(Some(CommandResponse {
-                    status: recorded.status,
-                    body: recorded.body,
-                    replayed: true,
-                }))
-            }
+            Some(recorded) if recorded.request_hash == request_hash.as_slice() => Ok(Some(CommandResponse {
+                status: recorded.status,
+                body: recorded.body,
+                replayed: true,
+            })),
             Some(_) => Err(idempotency::key_reused().into()),
         }
     }
@@ -447,10 +441,7 @@ impl Ledger {
             Some(text) => match parse_cursor(text) {
                 Some(c) => Some(c),
                 None => {
-                    errors.push(FieldError::new(
-                        "cursor",
-                        "is not a cursor returned by this endpoint",
-                    ));
+                    errors.push(FieldError::new("cursor", "is not a cursor returned by this endpoint"));
                     None
                 }
             },
@@ -459,11 +450,10 @@ impl Ledger {
             return Err(Problem::validation(errors).into());
         }
         let account_id = account_id_for(iban);
-        let exists: Option<(i64,)> =
-            sqlx::query_as("SELECT version FROM balances WHERE account_id = $1")
-                .bind(account_id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let exists: Option<(i64,)> = sqlx::query_as("SELECT version FROM balances WHERE account_id = $1")
+            .bind(account_id)
+            .fetch_optional(&self.pool)
+            .await?;
         if exists.is_none() {
             return Err(account_not_found(iban).into());
         }
@@ -490,6 +480,131 @@ impl Ledger {
         Ok(TransactionPage {
             items: rows.iter().map(TransactionRow::view).collect(),
             next_cursor,
+        })
+    }
+}
+
+impl Ledger {
+    /// The balance at a past point — a time (`as_of`, RFC 3339) or a global
+    /// position — replayed from the account's events with the domain fold,
+    /// not read from a projection.
+    pub async fn balance_at(
+        &self,
+        iban: &Iban,
+        as_of: Option<&str>,
+        position: Option<&str>,
+    ) -> Result<PointInTimeView, AppError> {
+        let mut errors = Vec::new();
+        let as_of = as_of.and_then(|text| match chrono::DateTime::parse_from_rfc3339(text) {
+            Ok(time) => Some(time.with_timezone(&Utc)),
+            Err(_) => {
+                errors.push(FieldError::new(
+                    "as_of",
+                    "must be an RFC 3339 time such as 2026-11-24T12:00:00Z",
+                ));
+                None
+            }
+        });
+        let until_position = position.and_then(|text| match text.parse::<i64>() {
+            Ok(n) if n >= 0 => Some(n),
+            _ => {
+                errors.push(FieldError::new("position", "must be a non-negative integer"));
+                None
+            }
+        });
+        if errors.is_empty() && as_of.is_some() && until_position.is_some() {
+            errors.push(FieldError::new("position", "give either as_of or position, not both"));
+        }
+        if errors.is_empty() && as_of.is_none() && until_position.is_none() {
+            errors.push(FieldError::new("as_of", "give as_of (RFC 3339) or position"));
+        }
+        if !errors.is_empty() {
+            return Err(Problem::validation(errors).into());
+        }
+        let account_id = account_id_for(iban);
+        let events = event_store::read_stream(&self.pool, account_id, until_position, as_of).await?;
+        let replayed = crate::audit::replay_stream(account_id, &events);
+        if let Some(difference) = replayed.differences.first() {
+            return Err(AppError::Internal(anyhow::anyhow!(
+                "stream {account_id} does not replay: {}",
+                difference.what
+            )));
+        }
+        let (Some(account), Some(last)) = (replayed.account, events.last()) else {
+            return Err(Problem::not_found(format!("no account with IBAN {iban} at that point")).into());
+        };
+        Ok(PointInTimeView {
+            account_id,
+            iban: account.iban.to_string(),
+            currency: account.currency.code().to_owned(),
+            balance: format_amount(account.balance_cents, account.currency),
+            balance_cents: account.balance_cents,
+            version: account.version,
+            position: last.position,
+            recorded_at: last.recorded_at,
+            as_of,
+            until_position,
+            events: events.len(),
+        })
+    }
+
+    /// Replays the account's stream, verifies its hash chain and compares
+    /// the result with the projections.
+    pub async fn audit(&self, iban: &Iban) -> Result<crate::audit::StreamAudit, AppError> {
+        let audit = crate::audit::audit_stream(&self.pool, account_id_for(iban)).await?;
+        if audit.events == 0 && audit.projected_balance_cents.is_none() {
+            return Err(account_not_found(iban).into());
+        }
+        Ok(audit)
+    }
+
+    /// A page of the global log in commit-safe order.
+    pub async fn events(&self, after: Option<&str>, limit: Option<&str>) -> Result<FeedPage, AppError> {
+        let limits = &self.settings.limits;
+        let mut errors = Vec::new();
+        let after = match after {
+            None | Some("") => event_store::FeedCursor::START,
+            Some(text) => event_store::FeedCursor::parse(text).unwrap_or_else(|| {
+                errors.push(FieldError::new(
+                    "after",
+                    "must be 0 or a next_after returned by this endpoint",
+                ));
+                event_store::FeedCursor::START
+            }),
+        };
+        let limit = match limit {
+            None => limits.page_size_default,
+            Some(text) => match text.parse::<u32>() {
+                Ok(n) if (1..=limits.page_size_max).contains(&n) => n,
+                _ => {
+                    errors.push(FieldError::new(
+                        "limit",
+                        format!("must be an integer from 1 to {}", limits.page_size_max),
+                    ));
+                    0
+                }
+            },
+        };
+        if !errors.is_empty() {
+            return Err(Problem::validation(errors).into());
+        }
+        let events = event_store::read_feed(&self.pool, after, i64::from(limit)).await?;
+        let next_after = events.last().map_or(after, |e| e.cursor()).token();
+        Ok(FeedPage {
+            events: events
+                .into_iter()
+                .map(|e| FeedEventView {
+                    position: e.event.position,
+                    stream_id: e.event.stream_id,
+                    version: e.event.version,
+                    event_type: e.event.event_type,
+                    schema_version: e.event.schema_version,
+                    data: e.event.data,
+                    metadata: e.event.metadata,
+                    recorded_at: e.event.recorded_at,
+                })
+                .collect(),
+            next_after,
         })
     }
 }
@@ -593,10 +708,7 @@ impl AccountRow {
             version: self.version,
         };
         let hash = match &self.hash {
-            Some(bytes) => bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| corrupt("head hash"))?,
+            Some(bytes) => bytes.as_slice().try_into().map_err(|_| corrupt("head hash"))?,
             None => [0; 32],
         };
         Ok((

@@ -114,13 +114,7 @@ impl Reader {
         }
     }
 
-    fn iban(
-        &mut self,
-        obj: &Map<String, Value>,
-        prefix: &str,
-        name: &str,
-        check: IbanCheck,
-    ) -> Option<Iban> {
+    fn iban(&mut self, obj: &Map<String, Value>, prefix: &str, name: &str, check: IbanCheck) -> Option<Iban> {
         let text = self.text(obj, prefix, name, true, 64)?;
         Iban::parse(text, check)
             .map_err(|e| self.fail(join(prefix, name), e.to_string()))
@@ -134,13 +128,7 @@ impl Reader {
             .ok()
     }
 
-    fn currency(
-        &mut self,
-        obj: &Map<String, Value>,
-        prefix: &str,
-        name: &str,
-        required: bool,
-    ) -> Option<Currency> {
+    fn currency(&mut self, obj: &Map<String, Value>, prefix: &str, name: &str, required: bool) -> Option<Currency> {
         let text = self.text(obj, prefix, name, required, 16)?;
         Currency::parse(text)
             .map_err(|e| self.fail(join(prefix, name), e.to_string()))
@@ -163,9 +151,7 @@ impl Reader {
                 return None;
             }
         };
-        Amount::parse(text)
-            .map_err(|e| self.fail(path, e.to_string()))
-            .ok()
+        Amount::parse(text).map_err(|e| self.fail(path, e.to_string())).ok()
     }
 
     fn finish<T>(self, value: Option<T>) -> Result<T, Vec<FieldError>> {
@@ -176,10 +162,7 @@ impl Reader {
     }
 }
 
-pub fn parse_open_account(
-    body: &Value,
-    check: IbanCheck,
-) -> Result<OpenAccountRequest, Vec<FieldError>> {
+pub fn parse_open_account(body: &Value, check: IbanCheck) -> Result<OpenAccountRequest, Vec<FieldError>> {
     let mut reader = Reader::default();
     let parsed = reader.object(body, "").and_then(|obj| {
         let organization_name = reader.text(obj, "", "organization_name", true, NAME_CHARS_MAX);
@@ -240,10 +223,7 @@ pub fn parse_bulk_transfer(
             Some(Value::Array(items)) if items.len() > transfers_max => {
                 reader.fail(
                     "credit_transfers",
-                    format!(
-                        "must contain at most {transfers_max} transfers, got {}",
-                        items.len()
-                    ),
+                    format!("must contain at most {transfers_max} transfers, got {}", items.len()),
                 );
                 None
             }
@@ -251,12 +231,7 @@ pub fn parse_bulk_transfer(
                 let mut transfers = Vec::with_capacity(items.len());
                 let mut all_ok = true;
                 for (index, item) in items.iter().enumerate() {
-                    match parse_credit_transfer(
-                        &mut reader,
-                        item,
-                        &format!("credit_transfers[{index}]"),
-                        check,
-                    ) {
+                    match parse_credit_transfer(&mut reader, item, &format!("credit_transfers[{index}]"), check) {
                         Some(transfer) => transfers.push(transfer),
                         None => all_ok = false,
                     }
@@ -347,10 +322,7 @@ mod tests {
     #[test]
     fn json_numbers_are_read_from_their_digits() {
         let body: Value = serde_json::from_str(r#"{"amount": 0.29}"#).unwrap();
-        assert_eq!(
-            parse_deposit(&body).unwrap().amount.to_minor(Currency::EUR),
-            Ok(29)
-        );
+        assert_eq!(parse_deposit(&body).unwrap().amount.to_minor(Currency::EUR), Ok(29));
         let body: Value = serde_json::from_str(r#"{"amount": 1e309}"#).unwrap();
         assert_eq!(fields(parse_deposit(&body).unwrap_err()), vec!["amount"]);
     }

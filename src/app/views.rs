@@ -97,3 +97,39 @@ pub fn amount_text(minor: i64, currency: &str) -> String {
         Err(_) => minor.to_string(),
     }
 }
+
+/// The balance at a point of the log, replayed from the events.
+#[derive(Debug, Clone, Serialize)]
+pub struct PointInTimeView {
+    pub account_id: Uuid,
+    pub iban: String,
+    pub currency: String,
+    pub balance: String,
+    pub balance_cents: i64,
+    /// The stream version and global position of the last event included.
+    pub version: i64,
+    pub position: i64,
+    pub recorded_at: DateTime<Utc>,
+    pub as_of: Option<DateTime<Utc>>,
+    pub until_position: Option<i64>,
+    pub events: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FeedEventView {
+    pub position: i64,
+    pub stream_id: Uuid,
+    pub version: i64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub schema_version: i32,
+    pub data: serde_json::Value,
+    pub metadata: serde_json::Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FeedPage {
+    pub events: Vec<FeedEventView>,
+    pub next_after: String,
+}

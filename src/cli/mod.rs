@@ -23,11 +23,7 @@ use crate::domain::IbanCheck;
 use crate::pg::{self, Cluster};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "ledger",
-    version,
-    about = "An event-sourced transfer ledger on PostgreSQL"
-)]
+#[command(name = "ledger", version, about = "An event-sourced transfer ledger on PostgreSQL")]
 pub struct Cli {
     /// PostgreSQL URL. When absent, a project-local cluster under the data
     /// directory is created and started on first use.
@@ -71,6 +67,40 @@ enum Commands {
     /// Open accounts and deposit money from the command line.
     #[command(subcommand)]
     Accounts(AccountsCommand),
+    /// Rebuild read models from the log, or show their position and lag.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+    /// Replay every stream (or one), verify hash chains, recompute balances
+    /// and histories, compare with the projections. Exit 0 when all agree,
+    /// 1 on any difference, 2 on error.
+    Audit {
+        /// Audit only this account.
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Print an account's history with the running balance after each event.
+    Replay {
+        #[arg(long)]
+        account: String,
+        /// Stop at this time (RFC 3339).
+        #[arg(long, conflicts_with = "position")]
+        until: Option<String>,
+        /// Stop at this global position.
+        #[arg(long)]
+        position: Option<i64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectionsCommand {
+    /// Rebuild projections (all, or those named) from the log into fresh
+    /// tables and swap them in atomically, while the service keeps serving.
+    Rebuild {
+        /// balances, transactions
+        names: Vec<String>,
+    },
+    /// Each projection's position and lag.
+    Status,
 }
 
 #[derive(Debug, Args)]
@@ -123,10 +153,7 @@ enum AccountsCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("ledger: cannot start the async runtime: {error}");
@@ -173,10 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 page_size_max: args.page_size_max,
                 ..Limits::default()
             };
-            anyhow::ensure!(
-                limits.page_size_max >= 1,
-                "--page-size-max must be at least 1"
-            );
+            anyhow::ensure!(limits.page_size_max >= 1, "--page-size-max must be at least 1");
             let ledger = Arc::new(Ledger::new(pool, settings(limits)));
             serve(ledger, args.listen).await?;
             Ok(ExitCode::SUCCESS)
@@ -185,14 +209,191 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ledger = Ledger::new(pool, settings(Limits::default()));
             accounts(&ledger, command).await
         }
+        Commands::Projections(ProjectionsCommand::Rebuild { names }) => rebuild(&pool, &names).await,
+        Commands::Projections(ProjectionsCommand::Status) => {
+            println!(
+                "{:<14} {:<7} {:>12} {:>12} {:>10}  last rebuild",
+                "projection", "mode", "position", "log", "lag"
+            );
+            for status in crate::projections::status(&pool).await? {
+                let rebuilt = match (status.rebuilt_at, status.rebuild_events, status.rebuild_seconds) {
+                    (Some(at), Some(events), Some(seconds)) => {
+                        format!(
+                            "{} ({events} events in {seconds:.2} s)",
+                            at.format("%Y-%m-%d %H:%M:%S UTC")
+                        )
+                    }
+                    _ => "never".to_owned(),
+                };
+                println!(
+                    "{:<14} {:<7} {:>12} {:>12} {:>10}  {rebuilt}",
+                    status.name, status.mode, status.position, status.log_position, status.lag_events
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Commands::Audit { account } => audit(&pool, account.as_deref()).await,
+        Commands::Replay {
+            account,
+            until,
+            position,
+        } => replay(&pool, &account, until.as_deref(), position).await,
     }
+}
+
+fn progress_bar(total: u64, unit: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    let template =
+        format!("{{spinner}} [{{elapsed_precise}}] {{bar:40}} {{pos}}/{{len}} {unit} ({{per_sec}}, ETA {{eta}})");
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+async fn rebuild(pool: &PgPool, names: &[String]) -> anyhow::Result<ExitCode> {
+    let bar = progress_bar(0, "events");
+    let report = crate::projections::rebuild(pool, names, |p| {
+        bar.set_length(p.events_total);
+        bar.set_position(p.events_done);
+    })
+    .await;
+    bar.finish_and_clear();
+    let report = report?;
+    let rate = if report.seconds > 0.0 {
+        report.events as f64 / report.seconds
+    } else {
+        0.0
+    };
+    println!(
+        "rebuilt {} from {} events in {:.2} s ({:.0} events/s); {} applied during the swap",
+        report.projections.join(", "),
+        report.events,
+        report.seconds,
+        rate,
+        report.events_during_swap
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn audit(pool: &PgPool, account: Option<&str>) -> anyhow::Result<ExitCode> {
+    use crate::domain::{Iban, IbanCheck};
+    let accounts = match account {
+        Some(text) => {
+            let iban = Iban::parse(text, IbanCheck::Structure).map_err(|e| anyhow::anyhow!("--account {e}"))?;
+            vec![crate::app::account_id_for(&iban)]
+        }
+        None => crate::audit::all_accounts(pool).await?,
+    };
+    let bar = progress_bar(accounts.len() as u64, "accounts");
+    let (mut events, mut differences, mut broken_chains) = (0_usize, Vec::new(), 0_usize);
+    for account_id in &accounts {
+        let audit = crate::audit::audit_stream(pool, *account_id).await?;
+        events += audit.events;
+        broken_chains += usize::from(!audit.chain_valid);
+        differences.extend(audit.differences);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if account.is_some() && events == 0 && differences.is_empty() {
+        eprintln!("ledger: no account with IBAN {}", account.unwrap_or_default());
+        return Ok(ExitCode::from(2));
+    }
+    for difference in &differences {
+        println!(
+            "DRIFT account {} iban {} position {}: {}",
+            difference.account_id,
+            difference.iban.as_deref().unwrap_or("?"),
+            difference.position.map_or("-".to_owned(), |p| p.to_string()),
+            difference.what
+        );
+    }
+    println!(
+        "audited {} accounts, {events} events: {} differences, {broken_chains} broken hash chains",
+        accounts.len(),
+        differences.len()
+    );
+    Ok(if differences.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn replay(pool: &PgPool, account: &str, until: Option<&str>, position: Option<i64>) -> anyhow::Result<ExitCode> {
+    use crate::domain::{Event, Iban, IbanCheck, format_amount};
+    let iban = Iban::parse(account, IbanCheck::Structure).map_err(|e| anyhow::anyhow!("--account {e}"))?;
+    let until = until
+        .map(|text| chrono::DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&chrono::Utc)))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--until must be an RFC 3339 time: {e}"))?;
+    let account_id = crate::app::account_id_for(&iban);
+    let events = crate::event_store::read_stream(pool, account_id, position, until).await?;
+    if events.is_empty() {
+        eprintln!("ledger: no events for IBAN {iban} up to that point");
+        return Ok(ExitCode::from(1));
+    }
+    println!(
+        "{:>10} {:>7}  {:<27} {:<21} {:>18} {:>18}  detail",
+        "position", "version", "recorded_at", "event", "amount", "balance"
+    );
+    let mut state = None;
+    for stored in &events {
+        let event = stored.to_event()?;
+        let next = crate::domain::apply(state.take(), &event)
+            .map_err(|e| anyhow::anyhow!("the stream does not replay at position {}: {e}", stored.position))?;
+        let currency = next.currency;
+        let (amount, detail) = match &event {
+            Event::AccountOpened {
+                organization_name, bic, ..
+            } => (String::new(), format!("{organization_name}, {bic}")),
+            Event::FundsDeposited {
+                amount_cents,
+                reference,
+                ..
+            } => (
+                format_amount(*amount_cents, currency),
+                reference.clone().unwrap_or_default(),
+            ),
+            Event::BulkTransferBooked {
+                bulk_id,
+                total_cents,
+                transfers,
+                ..
+            } => (
+                format_amount(-total_cents, currency),
+                format!("bulk {bulk_id}, {} transfers", transfers.len()),
+            ),
+            Event::BulkTransferRejected {
+                bulk_id,
+                requested_cents,
+                reason,
+                ..
+            } => (
+                String::new(),
+                format!(
+                    "bulk {bulk_id} refused ({reason}): {} requested",
+                    format_amount(*requested_cents, currency)
+                ),
+            ),
+        };
+        println!(
+            "{:>10} {:>7}  {:<27} {:<21} {:>18} {:>18}  {detail}",
+            stored.position,
+            stored.version,
+            stored.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            stored.event_type,
+            amount,
+            format_amount(next.balance_cents, currency)
+        );
+        state = Some(next);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<PgPool> {
     let options = match &cli.database_url {
-        Some(url) => {
-            PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid PostgreSQL URL")?
-        }
+        Some(url) => PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid PostgreSQL URL")?,
         None => {
             let root = cli.data_dir.clone().unwrap_or_else(pg::default_root);
             let cluster = tokio::task::spawn_blocking(move || Cluster::ensure(&root)).await??;
@@ -227,15 +428,14 @@ async fn serve(ledger: Arc<Ledger>, listen: SocketAddr) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                let _ = interrupt.await;
-                return;
-            }
-        };
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM");
+            let _ = interrupt.await;
+            return;
+        }
+    };
     tokio::select! {
         _ = interrupt => {},
         _ = terminate.recv() => {},
@@ -279,10 +479,7 @@ async fn accounts(ledger: &Ledger, command: AccountsCommand) -> anyhow::Result<E
                 let iban = ledger.lookup_iban(&iban, "iban")?;
                 if let Some(key) = idempotency_key {
                     let key = IdempotencyKey::parse(key.as_bytes())?;
-                    context.idempotency = Some((
-                        key,
-                        request_hash("POST", &path, body.to_string().as_bytes()),
-                    ));
+                    context.idempotency = Some((key, request_hash("POST", &path, body.to_string().as_bytes())));
                 }
                 let request = parse_deposit(&body).map_err(Problem::validation)?;
                 ledger.deposit(&context, &iban, request).await

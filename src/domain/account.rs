@@ -142,10 +142,7 @@ impl Event {
     }
 
     /// Rebuilds an event from its stored type and payload.
-    pub fn from_stored(
-        event_type: &str,
-        data: serde_json::Value,
-    ) -> Result<Event, serde_json::Error> {
+    pub fn from_stored(event_type: &str, data: serde_json::Value) -> Result<Event, serde_json::Error> {
         serde_json::from_value(serde_json::json!({ "type": event_type, "data": data }))
     }
 }
@@ -273,15 +270,10 @@ fn decide_bulk(account: &Account, bulk: &TransferBulkCommand) -> Result<Vec<Even
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FoldError {
     #[error("{event_type} at version {version} applies to an account that was never opened")]
-    NotOpened {
-        event_type: &'static str,
-        version: i64,
-    },
+    NotOpened { event_type: &'static str, version: i64 },
     #[error("AccountOpened at version {version} on an account already open")]
     OpenedTwice { version: i64 },
-    #[error(
-        "{event_type} at version {version} records balance {recorded} but the fold gives {computed}"
-    )]
+    #[error("{event_type} at version {version} records balance {recorded} but the fold gives {computed}")]
     BalanceMismatch {
         event_type: &'static str,
         version: i64,
@@ -319,9 +311,7 @@ pub fn apply(state: Option<Account>, event: &Event) -> Result<Account, FoldError
             balance_cents: 0,
             version: 1,
         }),
-        (Some(_), Event::AccountOpened { .. }) => Err(FoldError::OpenedTwice {
-            version: next_version,
-        }),
+        (Some(_), Event::AccountOpened { .. }) => Err(FoldError::OpenedTwice { version: next_version }),
         (None, _) => Err(FoldError::NotOpened {
             event_type,
             version: next_version,
@@ -383,9 +373,7 @@ pub fn evolve(state: Option<Account>, events: &[Event]) -> Account {
 }
 
 /// Folds a whole stream from the beginning.
-pub fn replay<'a>(
-    events: impl IntoIterator<Item = &'a Event>,
-) -> Result<Option<Account>, FoldError> {
+pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> Result<Option<Account>, FoldError> {
     events
         .into_iter()
         .try_fold(None, |state, event| apply(state, event).map(Some))
@@ -501,10 +489,7 @@ mod tests {
             bic: Bic::parse("OIVUSCLQXXX").unwrap(),
             currency: Currency::EUR,
         });
-        assert_eq!(
-            given(vec![opened()]).when(command),
-            Err(Refusal::AlreadyOpen)
-        );
+        assert_eq!(given(vec![opened()]).when(command), Err(Refusal::AlreadyOpen));
     }
 
     #[test]
@@ -535,10 +520,7 @@ mod tests {
 
     #[test]
     fn commands_on_a_missing_account_are_refused() {
-        assert_eq!(
-            given(vec![]).when(deposit(100)),
-            Err(Refusal::AccountNotFound)
-        );
+        assert_eq!(given(vec![]).when(deposit(100)), Err(Refusal::AccountNotFound));
         assert_eq!(
             given(vec![]).when(bulk(vec![line(1, 1)])),
             Err(Refusal::AccountNotFound)
@@ -548,11 +530,7 @@ mod tests {
     #[test]
     fn the_seed_bulk_is_booked_whole_and_leaves_37748_50() {
         let events = given(vec![opened(), deposited(10_000_000, 10_000_000)])
-            .when(bulk(vec![
-                line(1, 1_450),
-                line(2, 6_123_800),
-                line(3, 99_900),
-            ]))
+            .when(bulk(vec![line(1, 1_450), line(2, 6_123_800), line(3, 99_900)]))
             .unwrap();
         match &events[..] {
             [
@@ -618,26 +596,19 @@ mod tests {
         if let Command::TransferBulk(b) = &mut command {
             b.organization_name = "ACME Inc".into();
         }
-        assert_eq!(
-            given(vec![opened()]).when(command),
-            Err(Refusal::OrganizationMismatch)
-        );
+        assert_eq!(given(vec![opened()]).when(command), Err(Refusal::OrganizationMismatch));
         let mut command = bulk(vec![line(1, 1)]);
         if let Command::TransferBulk(b) = &mut command {
             b.organization_bic = Bic::parse("DEUTDEFF").unwrap();
         }
-        assert_eq!(
-            given(vec![opened()]).when(command),
-            Err(Refusal::OrganizationMismatch)
-        );
+        assert_eq!(given(vec![opened()]).when(command), Err(Refusal::OrganizationMismatch));
     }
 
     #[test]
     fn a_transfer_in_another_currency_is_refused_naming_its_index() {
         let mut usd = line(2, 100);
         usd.currency = Currency::parse("USD").unwrap();
-        let refusal =
-            given(vec![opened(), deposited(1_000, 1_000)]).when(bulk(vec![line(1, 100), usd]));
+        let refusal = given(vec![opened(), deposited(1_000, 1_000)]).when(bulk(vec![line(1, 100), usd]));
         assert!(matches!(
             refusal,
             Err(Refusal::CurrencyMismatch {
@@ -649,10 +620,7 @@ mod tests {
 
     #[test]
     fn an_empty_bulk_is_refused() {
-        assert_eq!(
-            given(vec![opened()]).when(bulk(vec![])),
-            Err(Refusal::EmptyBulk)
-        );
+        assert_eq!(given(vec![opened()]).when(bulk(vec![])), Err(Refusal::EmptyBulk));
     }
 
     #[test]
@@ -702,10 +670,7 @@ mod tests {
         };
         let stored = event.data();
         assert_eq!(stored["transfers"][0]["currency"], "EUR");
-        assert_eq!(
-            Event::from_stored(event.event_type(), stored).unwrap(),
-            event
-        );
+        assert_eq!(Event::from_stored(event.event_type(), stored).unwrap(), event);
     }
 
     #[derive(Debug, Clone)]

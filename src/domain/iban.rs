@@ -23,9 +23,7 @@ impl std::str::FromStr for IbanCheck {
         match s {
             "full" => Ok(IbanCheck::Full),
             "structure" => Ok(IbanCheck::Structure),
-            other => Err(format!(
-                "unknown IBAN check {other:?}: expected full or structure"
-            )),
+            other => Err(format!("unknown IBAN check {other:?}: expected full or structure")),
         }
     }
 }
@@ -35,9 +33,7 @@ pub struct Iban(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IbanError {
-    #[error(
-        "must be 15 to 34 characters: a two-letter country code, two check digits and up to 30 letters or digits"
-    )]
+    #[error("must be 15 to 34 characters: a two-letter country code, two check digits and up to 30 letters or digits")]
     Shape,
     #[error("has the wrong length or format for its country")]
     CountryFormat,
@@ -105,8 +101,7 @@ impl serde::Serialize for Iban {
 impl<'de> serde::Deserialize<'de> for Iban {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Iban::parse(&text, IbanCheck::Structure)
-            .map_err(|e| serde::de::Error::custom(format!("IBAN {text:?} {e}")))
+        Iban::parse(&text, IbanCheck::Structure).map_err(|e| serde::de::Error::custom(format!("IBAN {text:?} {e}")))
     }
 }
 
@@ -192,10 +187,7 @@ mod tests {
             Err(IbanError::Checksum)
         );
         assert_eq!(Iban::parse("XX", IbanCheck::Full), Err(IbanError::Shape));
-        assert_eq!(
-            Iban::parse("1234567890123456", IbanCheck::Full),
-            Err(IbanError::Shape)
-        );
+        assert_eq!(Iban::parse("1234567890123456", IbanCheck::Full), Err(IbanError::Shape));
         assert_eq!(
             Iban::parse("DE89-3704-0044-0532-0130-00", IbanCheck::Full),
             Err(IbanError::Shape)
@@ -209,33 +201,16 @@ mod tests {
                 Iban::parse(text, IbanCheck::Full).is_err(),
                 "{text} should fail the full check"
             );
-            assert_eq!(
-                Iban::parse(text, IbanCheck::Structure).unwrap().as_str(),
-                text
-            );
+            assert_eq!(Iban::parse(text, IbanCheck::Structure).unwrap().as_str(), text);
         }
     }
 
     #[test]
     fn bics_have_the_iso_9362_shape() {
-        for ok in [
-            "OIVUSCLQXXX",
-            "CRLYFRPPTOU",
-            "ZDRPLBQI",
-            "RNJZNTMC",
-            "deutdeff",
-        ] {
+        for ok in ["OIVUSCLQXXX", "CRLYFRPPTOU", "ZDRPLBQI", "RNJZNTMC", "deutdeff"] {
             assert!(Bic::parse(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "ABC",
-            "DEUTDEF",
-            "DEUTDEFF5",
-            "1EUTDEFF",
-            "DEUTD1FF",
-            "DEUTDEFF50!",
-        ] {
+        for bad in ["", "ABC", "DEUTDEF", "DEUTDEFF5", "1EUTDEFF", "DEUTD1FF", "DEUTDEFF50!"] {
             assert_eq!(Bic::parse(bad), Err(BicError), "{bad}");
         }
     }

@@ -64,8 +64,7 @@ impl serde::Serialize for Currency {
 impl<'de> serde::Deserialize<'de> for Currency {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let code = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Currency::parse(&code)
-            .map_err(|e| serde::de::Error::custom(format!("currency {code:?} {e}")))
+        Currency::parse(&code).map_err(|e| serde::de::Error::custom(format!("currency {code:?} {e}")))
     }
 }
 
@@ -202,11 +201,7 @@ mod tests {
         assert_eq!(parse_amount("999", eur), Ok(99_900));
         assert_eq!(parse_amount("0.01", eur), Ok(1));
         assert_eq!(parse_amount("1.50", eur), Ok(150));
-        assert_eq!(
-            parse_amount("1.500", eur),
-            Ok(150),
-            "trailing zeros add no precision"
-        );
+        assert_eq!(parse_amount("1.500", eur), Ok(150), "trailing zeros add no precision");
         assert_eq!(parse_amount("007.10", eur), Ok(710));
         assert_eq!(parse_amount("1000000000000", eur), Ok(100_000_000_000_000));
     }
@@ -227,14 +222,8 @@ mod tests {
         assert_eq!(parse_amount("+5", eur), Err(AmountError::NotDecimal));
         assert_eq!(parse_amount(" 5", eur), Err(AmountError::NotDecimal));
         assert_eq!(parse_amount("1,50", eur), Err(AmountError::NotDecimal));
-        assert_eq!(
-            parse_amount("1000000000000.01", eur),
-            Err(AmountError::TooLarge)
-        );
-        assert_eq!(
-            parse_amount("99999999999999999999999", eur),
-            Err(AmountError::TooLarge)
-        );
+        assert_eq!(parse_amount("1000000000000.01", eur), Err(AmountError::TooLarge));
+        assert_eq!(parse_amount("99999999999999999999999", eur), Err(AmountError::TooLarge));
     }
 
     #[test]
@@ -257,10 +246,7 @@ mod tests {
         assert_eq!(format_amount(5, Currency::EUR), "0.05");
         assert_eq!(format_amount(-150, Currency::EUR), "-1.50");
         assert_eq!(format_amount(0, Currency::EUR), "0.00");
-        assert_eq!(
-            format_amount(1234, Currency::parse("KWD").unwrap()),
-            "1.234"
-        );
+        assert_eq!(format_amount(1234, Currency::parse("KWD").unwrap()), "1.234");
         assert_eq!(format_amount(1234, Currency::parse("JPY").unwrap()), "1234");
     }
 

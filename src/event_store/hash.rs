@@ -121,10 +121,7 @@ mod tests {
                 }
             )
         );
-        let base = HashInput {
-            data: &data,
-            ..base
-        };
+        let base = HashInput { data: &data, ..base };
         assert_ne!(h, event_hash(&[1; 32], &base));
         assert_ne!(h, event_hash(&GENESIS, &HashInput { version: 2, ..base }));
         assert_eq!(h, event_hash(&GENESIS, &base), "deterministic");

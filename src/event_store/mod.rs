@@ -117,8 +117,8 @@ SELECT (SELECT min(position) FROM ins) AS first_position,
 /// Appends `events` to `stream_id`, which must be at `head` (optimistic
 /// concurrency), chaining their hashes from `head.hash`, and applies the
 /// inline projections in the same statement.
-pub async fn append(
-    pool: &PgPool,
+pub async fn append<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
     stream_id: Uuid,
     head: StreamHead,
     events: &[Event],
@@ -172,7 +172,7 @@ pub async fn append(
         .bind(idempotency.map(|i| i.request_hash.to_vec()))
         .bind(idempotency.map(|i| i.response_status as i16))
         .bind(idempotency.map(|i| i.response_body.as_str()))
-        .fetch_one(pool)
+        .fetch_one(executor)
         .await
         .map_err(classify)?;
     let (Some(first_position), Some(last_position)) = (row.0, row.1) else {
@@ -203,7 +203,8 @@ fn classify(error: sqlx::Error) -> AppendError {
     AppendError::Database(error)
 }
 
-const SELECT_EVENTS: &str = "SELECT position, stream_id, version, event_type, schema_version, data, metadata, recorded_at, hash FROM events";
+const SELECT_EVENTS: &str =
+    "SELECT position, stream_id, version, event_type, schema_version, data, metadata, recorded_at, hash FROM events";
 
 /// Reads a stream in version order, optionally only up to a global position
 /// or a recorded time.
@@ -226,16 +227,94 @@ pub async fn read_stream(
 
 /// The hash of a stream's event at `version` (its head, when `version` is
 /// the stream's version).
-pub async fn head_hash(
-    pool: &PgPool,
-    stream_id: Uuid,
-    version: i64,
-) -> Result<Option<[u8; 32]>, sqlx::Error> {
-    let row: Option<(Vec<u8>,)> =
-        sqlx::query_as("SELECT hash FROM events WHERE stream_id = $1 AND version = $2")
-            .bind(stream_id)
-            .bind(version)
-            .fetch_optional(pool)
-            .await?;
+pub async fn head_hash(pool: &PgPool, stream_id: Uuid, version: i64) -> Result<Option<[u8; 32]>, sqlx::Error> {
+    let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT hash FROM events WHERE stream_id = $1 AND version = $2")
+        .bind(stream_id)
+        .bind(version)
+        .fetch_optional(pool)
+        .await?;
     Ok(row.and_then(|(bytes,)| bytes.try_into().ok()))
+}
+
+/// A place in the commit-safe global order: `(transaction id, position)`.
+///
+/// Positions come from a sequence and become visible in commit order, not
+/// number order, so "everything after position p" can skip an event that
+/// commits late. The feed instead orders events by the id of the
+/// transaction that wrote them, then position, and only hands out events of
+/// transactions below `events_horizon()` (migrations/0003): the oldest
+/// transaction still running in this database. Below that horizon nothing
+/// new can ever appear, so a reader that resumes after the last
+/// `(tx, position)` it saw never misses an event and never sees one twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct FeedCursor {
+    pub tx: i64,
+    pub position: i64,
+}
+
+impl FeedCursor {
+    pub const START: FeedCursor = FeedCursor { tx: 0, position: 0 };
+
+    /// Parses a token from [`FeedCursor::token`]; `0` is the beginning.
+    pub fn parse(token: &str) -> Option<FeedCursor> {
+        if token == "0" {
+            return Some(FeedCursor::START);
+        }
+        let (tx, position) = token.split_once('-')?;
+        let cursor = FeedCursor {
+            tx: tx.parse().ok()?,
+            position: position.parse().ok()?,
+        };
+        (cursor.tx >= 0 && cursor.position >= 0).then_some(cursor)
+    }
+
+    /// An opaque token for clients: `<tx>-<position>`.
+    pub fn token(&self) -> String {
+        if *self == FeedCursor::START {
+            "0".to_owned()
+        } else {
+            format!("{}-{}", self.tx, self.position)
+        }
+    }
+}
+
+/// One event of the global feed, with its place in the feed's order.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FeedEvent {
+    #[sqlx(flatten)]
+    pub event: StoredEvent,
+    pub tx: i64,
+}
+
+impl FeedEvent {
+    pub fn cursor(&self) -> FeedCursor {
+        FeedCursor {
+            tx: self.tx,
+            position: self.event.position,
+        }
+    }
+}
+
+/// Up to `limit` events after `after`, in commit-safe order (see
+/// [`FeedCursor`]). Events of transactions still running, and of any
+/// transaction younger than the oldest one running, wait for a later call.
+pub async fn read_feed<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    after: FeedCursor,
+    limit: i64,
+) -> Result<Vec<FeedEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT position, stream_id, version, event_type, schema_version, data, metadata, recorded_at, hash, \
+                tx_id::text::bigint AS tx \
+         FROM events \
+         WHERE (tx_id, position) > ($1::text::xid8, $2) \
+           AND tx_id < events_horizon() \
+         ORDER BY tx_id, position \
+         LIMIT $3",
+    )
+    .bind(after.tx.to_string())
+    .bind(after.position)
+    .bind(limit)
+    .fetch_all(executor)
+    .await
 }

@@ -1,15 +1,13 @@
 //! `/v1/accounts`: open, deposit (commands); the account and its history
 //! (queries).
 
-use std::collections::HashMap;
-
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{OriginalUri, Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{HeaderMap, Method};
 use axum::response::Response;
 use bytes::Bytes;
 
-use super::{ApiError, AppState, command_input, command_response, json_response};
+use super::{ApiError, AppState, QueryMap, command_input, command_response, ok_json, query_map};
 use crate::app::requests::{parse_deposit, parse_open_account};
 use crate::problem::Problem;
 
@@ -21,11 +19,8 @@ pub async fn open(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let input = command_input(&headers, &method, uri.path(), body)?;
-    let request = parse_open_account(&input.body, ledger.settings().iban_check)
-        .map_err(Problem::validation)?;
-    Ok(command_response(
-        ledger.open_account(&input.context, request).await?,
-    ))
+    let request = parse_open_account(&input.body, ledger.settings().iban_check).map_err(Problem::validation)?;
+    Ok(command_response(ledger.open_account(&input.context, request).await?))
 }
 
 pub async fn deposit(
@@ -39,35 +34,21 @@ pub async fn deposit(
     let iban = ledger.lookup_iban(&iban, "iban")?;
     let input = command_input(&headers, &method, uri.path(), body)?;
     let request = parse_deposit(&input.body).map_err(Problem::validation)?;
-    Ok(command_response(
-        ledger.deposit(&input.context, &iban, request).await?,
-    ))
+    Ok(command_response(ledger.deposit(&input.context, &iban, request).await?))
 }
 
-pub async fn get(
-    State(ledger): State<AppState>,
-    Path(iban): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn get(State(ledger): State<AppState>, Path(iban): Path<String>) -> Result<Response, ApiError> {
     let iban = ledger.lookup_iban(&iban, "iban")?;
-    let view = ledger.account(&iban).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        serde_json::to_string(&view).expect("view serialises"),
-    ))
+    Ok(ok_json(&ledger.account(&iban).await?))
 }
 
 pub async fn transactions(
     State(ledger): State<AppState>,
     Path(iban): Path<String>,
-    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    query: QueryMap,
 ) -> Result<Response, ApiError> {
     let iban = ledger.lookup_iban(&iban, "iban")?;
-    let Query(query) = query.map_err(|e| {
-        Problem::validation(vec![crate::problem::FieldError::new(
-            "query",
-            e.body_text(),
-        )])
-    })?;
+    let query = query_map(query)?;
     let page = ledger
         .transactions(
             &iban,
@@ -75,8 +56,27 @@ pub async fn transactions(
             query.get("cursor").map(String::as_str),
         )
         .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        serde_json::to_string(&page).expect("page serialises"),
-    ))
+    Ok(ok_json(&page))
+}
+
+pub async fn balance_at(
+    State(ledger): State<AppState>,
+    Path(iban): Path<String>,
+    query: QueryMap,
+) -> Result<Response, ApiError> {
+    let iban = ledger.lookup_iban(&iban, "iban")?;
+    let query = query_map(query)?;
+    let view = ledger
+        .balance_at(
+            &iban,
+            query.get("as_of").map(String::as_str),
+            query.get("position").map(String::as_str),
+        )
+        .await?;
+    Ok(ok_json(&view))
+}
+
+pub async fn audit(State(ledger): State<AppState>, Path(iban): Path<String>) -> Result<Response, ApiError> {
+    let iban = ledger.lookup_iban(&iban, "iban")?;
+    Ok(ok_json(&ledger.audit(&iban).await?))
 }

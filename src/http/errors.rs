@@ -35,11 +35,7 @@ impl IntoResponse for ApiError {
                 let unavailable = error.chain().any(|cause| {
                     matches!(
                         cause.downcast_ref::<sqlx::Error>(),
-                        Some(
-                            sqlx::Error::PoolTimedOut
-                                | sqlx::Error::PoolClosed
-                                | sqlx::Error::Io(_)
-                        )
+                        Some(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
                     )
                 });
                 // The span carries the request id; the client gets none of this.

@@ -5,6 +5,7 @@
 
 mod accounts;
 mod errors;
+mod events;
 mod transfers;
 
 use std::sync::Arc;
@@ -39,6 +40,9 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
         .route("/v1/accounts/{iban}", get(accounts::get))
         .route("/v1/accounts/{iban}/deposits", post(accounts::deposit))
         .route("/v1/accounts/{iban}/transactions", get(accounts::transactions))
+        .route("/v1/accounts/{iban}/balance", get(accounts::balance_at))
+        .route("/v1/accounts/{iban}/audit", get(accounts::audit))
+        .route("/v1/events", get(events::feed))
         .route("/v1/transfer/bulk", post(transfers::bulk))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -47,10 +51,16 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(ledger)
         .layer(CatchPanicLayer::custom(errors::panic_response))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
-            let request_id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id)
-        }))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+                let request_id = request
+                    .headers()
+                    .get(REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id)
+            }),
+        )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
@@ -74,13 +84,25 @@ async fn readyz(State(ledger): State<AppState>) -> Response {
     }
 }
 
+/// A query string as a map; a malformed one is a 400 naming `query`.
+pub(crate) type QueryMap =
+    Result<axum::extract::Query<std::collections::HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
+
+pub(crate) fn query_map(query: QueryMap) -> Result<std::collections::HashMap<String, String>, ApiError> {
+    query
+        .map(|axum::extract::Query(map)| map)
+        .map_err(|e| Problem::validation(vec![FieldError::new("query", e.body_text())]).into())
+}
+
+pub(crate) fn ok_json<T: serde::Serialize>(value: &T) -> Response {
+    // Views are plain structs of strings, numbers and JSON values.
+    json_response(StatusCode::OK, serde_json::to_string(value).expect("view serialises"))
+}
+
 pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
     (
         status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
         body,
     )
         .into_response()
@@ -133,12 +155,8 @@ pub(crate) fn command_input(
             request_hash(method.as_str(), path, &body),
         )),
     };
-    let body = serde_json::from_slice(&body).map_err(|error| {
-        Problem::validation(vec![FieldError::new(
-            "body",
-            format!("is not valid JSON: {error}"),
-        )])
-    })?;
+    let body = serde_json::from_slice(&body)
+        .map_err(|error| Problem::validation(vec![FieldError::new("body", format!("is not valid JSON: {error}"))]))?;
     Ok(CommandInput {
         context: CommandContext {
             request_id,

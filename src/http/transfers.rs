@@ -19,13 +19,7 @@ pub async fn bulk(
 ) -> Result<Response, ApiError> {
     let input = command_input(&headers, &method, uri.path(), body)?;
     let settings = ledger.settings();
-    let request = parse_bulk_transfer(
-        &input.body,
-        settings.iban_check,
-        settings.limits.transfers_per_bulk_max,
-    )
-    .map_err(Problem::validation)?;
-    Ok(command_response(
-        ledger.transfer_bulk(&input.context, request).await?,
-    ))
+    let request = parse_bulk_transfer(&input.body, settings.iban_check, settings.limits.transfers_per_bulk_max)
+        .map_err(Problem::validation)?;
+    Ok(command_response(ledger.transfer_bulk(&input.context, request).await?))
 }

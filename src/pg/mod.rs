@@ -82,10 +82,7 @@ pub enum PgError {
     #[error("{0}")]
     Unusable(String),
     #[error("could not create the database {database:?} in the PostgreSQL cluster: {error}")]
-    Database {
-        database: String,
-        error: sqlx::Error,
-    },
+    Database { database: String, error: sqlx::Error },
 }
 
 /// Wraps an `io::Error` with what we were doing.
@@ -129,10 +126,8 @@ impl Cluster {
         let bin_dir = find_bin_dir().ok_or(PgError::NoBinaries)?;
         let user = ServerUser::detect()?;
 
-        let root = std::path::absolute(root).map_err(io_err(format!(
-            "cannot make {} an absolute path",
-            root.display()
-        )))?;
+        let root =
+            std::path::absolute(root).map_err(io_err(format!("cannot make {} an absolute path", root.display())))?;
         let created = !root.exists();
         fs::create_dir_all(&root).map_err(io_err(format!("cannot create {}", root.display())))?;
         if created {
@@ -144,8 +139,7 @@ impl Cluster {
             );
         }
         // Resolve symlinks: the ancestors checked below must be the real ones.
-        let root = fs::canonicalize(&root)
-            .map_err(io_err(format!("cannot resolve {}", root.display())))?;
+        let root = fs::canonicalize(&root).map_err(io_err(format!("cannot resolve {}", root.display())))?;
 
         let lock_path = root.join("lock");
         let lock = OpenOptions::new()
@@ -186,8 +180,7 @@ impl Cluster {
         let user = ServerUser::detect()?;
 
         let tmp = std::env::temp_dir();
-        let base =
-            fs::canonicalize(&tmp).map_err(io_err(format!("cannot resolve {}", tmp.display())))?;
+        let base = fs::canonicalize(&tmp).map_err(io_err(format!("cannot resolve {}", tmp.display())))?;
         let root = loop {
             let id = uuid::Uuid::new_v4().simple().to_string();
             let candidate = base.join(format!("ledger-test-{}", &id[..12]));
@@ -306,8 +299,7 @@ impl Cluster {
         if fs::symlink_metadata(&scratch).is_ok() {
             // Left over from an interrupted initdb (we hold the lock: nobody else
             // is using it).
-            fs::remove_dir_all(&scratch)
-                .map_err(io_err(format!("cannot remove {}", scratch.display())))?;
+            fs::remove_dir_all(&scratch).map_err(io_err(format!("cannot remove {}", scratch.display())))?;
         }
         tracing::info!(data = %self.data.display(), "creating a PostgreSQL cluster");
         self.initdb(&scratch)?;
@@ -325,14 +317,9 @@ impl Cluster {
         // directory, so create it and hand it over.
         private_dir(target, &self.user)?;
         let mut cmd = self.command("initdb");
-        cmd.arg("-D").arg(target).args([
-            "-U",
-            SUPERUSER,
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-        ]);
+        cmd.arg("-D")
+            .arg(target)
+            .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C"]);
         if self.temporary {
             cmd.arg("--no-sync");
         }
@@ -515,8 +502,7 @@ impl Cluster {
     /// it was started by hand or before the directory was moved.
     fn adopt_running_settings(&mut self) -> Result<(), PgError> {
         let path = self.data.join("postmaster.pid");
-        let text =
-            fs::read_to_string(&path).map_err(io_err(format!("cannot read {}", path.display())))?;
+        let text = fs::read_to_string(&path).map_err(io_err(format!("cannot read {}", path.display())))?;
         let lines: Vec<&str> = text.lines().collect();
         let port = lines.get(3).and_then(|l| l.trim().parse().ok());
         let socket_dir = lines.get(4).map(|l| l.trim()).filter(|l| !l.is_empty());
@@ -542,18 +528,15 @@ impl Cluster {
         let result = std::thread::scope(|scope| {
             scope
                 .spawn(|| -> Result<(), sqlx::Error> {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
+                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                     runtime.block_on(async {
                         use sqlx::Connection;
                         let mut conn = sqlx::PgConnection::connect_with(&options).await?;
-                        let exists: bool = sqlx::query_scalar(
-                            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
-                        )
-                        .bind(database)
-                        .fetch_one(&mut conn)
-                        .await?;
+                        let exists: bool =
+                            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                                .bind(database)
+                                .fetch_one(&mut conn)
+                                .await?;
                         if !exists {
                             // Not in a transaction: CREATE DATABASE refuses to run in one.
                             sqlx::raw_sql(&format!("CREATE DATABASE {}", quote_ident(database)))
@@ -776,11 +759,10 @@ fn find_bin_dir() -> Option<PathBuf> {
     let mut best: Option<(Vec<u32>, PathBuf)> = None;
     for entry in fs::read_dir("/usr/lib/postgresql").ok()?.flatten() {
         let name = entry.file_name();
-        let Some(version) = name.to_str().and_then(|n| {
-            n.split('.')
-                .map(|p| p.parse().ok())
-                .collect::<Option<Vec<u32>>>()
-        }) else {
+        let Some(version) = name
+            .to_str()
+            .and_then(|n| n.split('.').map(|p| p.parse().ok()).collect::<Option<Vec<u32>>>())
+        else {
             continue;
         };
         let bin = entry.path().join("bin");
@@ -821,8 +803,7 @@ fn private_dir(dir: &Path, user: &ServerUser) -> Result<(), PgError> {
     match DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let meta = fs::symlink_metadata(dir)
-                .map_err(io_err(format!("cannot inspect {}", dir.display())))?;
+            let meta = fs::symlink_metadata(dir).map_err(io_err(format!("cannot inspect {}", dir.display())))?;
             let ours = meta.uid() == user.uid.as_raw() || meta.uid() == Uid::effective().as_raw();
             if !meta.is_dir() || !ours {
                 return Err(PgError::Unusable(format!(
@@ -831,9 +812,8 @@ fn private_dir(dir: &Path, user: &ServerUser) -> Result<(), PgError> {
                     user.name
                 )));
             }
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(
-                format!("cannot set the permissions of {}", dir.display()),
-            ))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .map_err(io_err(format!("cannot set the permissions of {}", dir.display())))?;
         }
         Err(e) => return Err(io_err(format!("cannot create {}", dir.display()))(e)),
     }
@@ -845,13 +825,11 @@ fn give_to_server(path: &Path, user: &ServerUser) -> Result<(), PgError> {
     if !user.switch {
         return Ok(());
     }
-    std::os::unix::fs::lchown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw())).map_err(
-        io_err(format!(
-            "cannot give {} to the `{}` user",
-            path.display(),
-            user.name
-        )),
-    )
+    std::os::unix::fs::lchown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw())).map_err(io_err(format!(
+        "cannot give {} to the `{}` user",
+        path.display(),
+        user.name
+    )))
 }
 
 /// Makes sure the server user can reach `dir` (the cluster root, itself
@@ -864,8 +842,7 @@ fn make_traversable(dir: &Path, user: &ServerUser) -> Result<(), PgError> {
         return Ok(());
     }
     for ancestor in dir.ancestors() {
-        let meta = fs::metadata(ancestor)
-            .map_err(io_err(format!("cannot inspect {}", ancestor.display())))?;
+        let meta = fs::metadata(ancestor).map_err(io_err(format!("cannot inspect {}", ancestor.display())))?;
         let mode = meta.permissions().mode();
         // The kernel uses exactly one class of bits. The server user has no
         // supplementary groups (std drops them when switching user), so only its
@@ -880,9 +857,10 @@ fn make_traversable(dir: &Path, user: &ServerUser) -> Result<(), PgError> {
         if mode & bit != 0 {
             continue;
         }
-        fs::set_permissions(ancestor, fs::Permissions::from_mode(mode | bit)).map_err(io_err(
-            format!("cannot add search permission to {}", ancestor.display()),
-        ))?;
+        fs::set_permissions(ancestor, fs::Permissions::from_mode(mode | bit)).map_err(io_err(format!(
+            "cannot add search permission to {}",
+            ancestor.display()
+        )))?;
         eprintln!(
             "ledger: added search permission ({class}, not read) to {} so the PostgreSQL server, running as user `{}`, can reach {}",
             ancestor.display(),
@@ -895,9 +873,7 @@ fn make_traversable(dir: &Path, user: &ServerUser) -> Result<(), PgError> {
 
 /// Runs `cmd`, turning a failure into an error with its output.
 fn run(mut cmd: Command, program: &str) -> Result<Output, PgError> {
-    let out = cmd
-        .output()
-        .map_err(io_err(format!("cannot run {program}")))?;
+    let out = cmd.output().map_err(io_err(format!("cannot run {program}")))?;
     if out.status.success() {
         Ok(out)
     } else {

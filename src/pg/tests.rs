@@ -28,9 +28,7 @@ impl TestRoot {
 
 impl Drop for TestRoot {
     fn drop(&mut self) {
-        let root = fs::canonicalize(&self.dir)
-            .unwrap_or(self.dir.clone())
-            .join(".ledger");
+        let root = fs::canonicalize(&self.dir).unwrap_or(self.dir.clone()).join(".ledger");
         if root.join("data").exists()
             && let (Some(bin_dir), Ok(user)) = (find_bin_dir(), ServerUser::detect())
         {
@@ -60,15 +58,9 @@ fn postmaster_pid(cluster: &Cluster) -> i32 {
 async fn temporary_cluster_accepts_connections() {
     let cluster = Cluster::temporary().unwrap();
     let mut conn = connect(&cluster.connect_options("postgres")).await;
-    let one: i32 = sqlx::query_scalar("SELECT 1")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await.unwrap();
     assert_eq!(one, 1);
-    let fsync: String = sqlx::query_scalar("SHOW fsync")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let fsync: String = sqlx::query_scalar("SHOW fsync").fetch_one(&mut conn).await.unwrap();
     assert_eq!(fsync, "off");
     // Only the socket: nothing listens on TCP.
     let listen: String = sqlx::query_scalar("SHOW listen_addresses")
@@ -80,11 +72,10 @@ async fn temporary_cluster_accepts_connections() {
     // The URL form (as passed in DATABASE_URL) reaches the same server.
     let options = PgConnectOptions::from_str(&cluster.url("postgres")).unwrap();
     let mut conn = connect(&options).await;
-    let (user, dir): (String, String) =
-        sqlx::query_as("SELECT current_user::text, current_setting('data_directory')")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+    let (user, dir): (String, String) = sqlx::query_as("SELECT current_user::text, current_setting('data_directory')")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(user, "ledger");
     assert_eq!(Path::new(&dir), cluster.data_dir());
 }
@@ -149,21 +140,13 @@ async fn concurrent_ensure_calls_both_succeed() {
     let test_root = TestRoot::new();
     let root = test_root.root();
     let clusters: Vec<Cluster> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..2)
-            .map(|_| scope.spawn(|| Cluster::ensure(&root)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap().unwrap())
-            .collect()
+        let handles: Vec<_> = (0..2).map(|_| scope.spawn(|| Cluster::ensure(&root))).collect();
+        handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
     });
     assert_eq!(clusters[0].url("ledger"), clusters[1].url("ledger"));
     for cluster in &clusters {
         let mut conn = connect(&cluster.connect_options("ledger")).await;
-        let one: i32 = sqlx::query_scalar("SELECT 1")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+        let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await.unwrap();
         assert_eq!(one, 1);
     }
 }
@@ -190,10 +173,7 @@ async fn ensure_restarts_a_killed_server() {
     let again = Cluster::ensure(&test_root.root()).unwrap();
     assert_ne!(postmaster_pid(&again), pid.as_raw());
     let mut conn = connect(&again.connect_options("ledger")).await;
-    let one: i32 = sqlx::query_scalar("SELECT 1")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await.unwrap();
     assert_eq!(one, 1);
 }
 
@@ -218,9 +198,6 @@ async fn ensure_ignores_a_pid_file_naming_another_process() {
     let again = result.unwrap();
     assert_ne!(postmaster_pid(&again), other.id() as i32);
     let mut conn = connect(&again.connect_options("ledger")).await;
-    let one: i32 = sqlx::query_scalar("SELECT 1")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await.unwrap();
     assert_eq!(one, 1);
 }

@@ -2,8 +2,12 @@
 //! `projections/` folder, one SQL file per projection: its tables and a
 //! set-based `projection_<name>_apply(events[])` function saying how each
 //! event type changes them. The event store calls those functions inline,
-//! in the append's statement; a rebuild will call them over ranges of the
-//! log.
+//! in the append's statement; a rebuild calls the very same functions over
+//! batches of the log, inside PostgreSQL.
+
+mod rebuild;
+
+pub use rebuild::{RebuildProgress, RebuildReport, rebuild};
 
 use sqlx::PgPool;
 
@@ -11,6 +15,8 @@ use sqlx::PgPool;
 #[derive(Debug, Clone, Copy)]
 pub struct Projection {
     pub name: &'static str,
+    /// The tables the definition creates (swapped in by a rebuild).
+    pub tables: &'static [&'static str],
     pub definition: &'static str,
 }
 
@@ -18,10 +24,12 @@ pub struct Projection {
 pub const PROJECTIONS: &[Projection] = &[
     Projection {
         name: "balances",
+        tables: &["balances"],
         definition: include_str!("../../projections/balances.sql"),
     },
     Projection {
         name: "transactions",
+        tables: &["transactions"],
         definition: include_str!("../../projections/transactions.sql"),
     },
 ];
@@ -38,9 +46,50 @@ pub async fn install(pool: &PgPool) -> Result<(), sqlx::Error> {
         .execute(&mut *tx)
         .await?;
     for projection in PROJECTIONS {
-        sqlx::raw_sql(projection.definition)
+        sqlx::raw_sql(projection.definition).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO projection_status (name, mode) VALUES ($1, 'inline') ON CONFLICT (name) DO NOTHING")
+            .bind(projection.name)
             .execute(&mut *tx)
             .await?;
     }
     tx.commit().await
+}
+
+pub fn find(name: &str) -> Option<&'static Projection> {
+    PROJECTIONS.iter().find(|p| p.name == name)
+}
+
+/// A projection's state, for `ledger projections status`.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct Status {
+    pub name: String,
+    pub mode: String,
+    /// Last global position reflected in the projection.
+    pub position: i64,
+    /// Last position of the log.
+    pub log_position: i64,
+    /// Committed events the projection has not applied yet.
+    pub lag_events: i64,
+    pub rebuilt_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub rebuild_events: Option<i64>,
+    pub rebuild_seconds: Option<f64>,
+}
+
+/// Each projection's position and lag. Inline projections are updated in
+/// the append's own statement, so every committed event is in them: their
+/// position is the log's and their lag zero by construction.
+pub async fn status(pool: &PgPool) -> Result<Vec<Status>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH head AS (SELECT coalesce(max(position), 0) AS log_position FROM events) \
+         SELECT s.name, s.mode, \
+                CASE WHEN s.mode = 'inline' THEN h.log_position ELSE s.checkpoint_position END AS position, \
+                h.log_position, \
+                CASE WHEN s.mode = 'inline' THEN 0::bigint \
+                     ELSE (SELECT count(*) FROM events e \
+                           WHERE (e.tx_id, e.position) > (s.checkpoint_tx::text::xid8, s.checkpoint_position)) END AS lag_events, \
+                s.rebuilt_at, s.rebuild_events, s.rebuild_seconds \
+         FROM projection_status s CROSS JOIN head h ORDER BY s.name",
+    )
+    .fetch_all(pool)
+    .await
 }

@@ -6,12 +6,8 @@ use serde_json::{Value, json};
 use crate::support::*;
 
 fn stdout_json(output: &std::process::Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
-        panic!(
-            "stdout is JSON: {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("stdout is JSON: {}", String::from_utf8_lossy(&output.stdout)))
 }
 
 /// `ledger migrate`, `ledger accounts open` and `ledger accounts deposit`
@@ -20,16 +16,9 @@ fn stdout_json(output: &std::process::Output) -> Value {
 async fn cli_commands_open_and_fund_an_account_the_api_then_serves() {
     let db = TestDb::new().await;
     let url = db.url();
-    let env = [
-        ("DATABASE_URL", url.as_str()),
-        ("LEDGER_IBAN_CHECK", "structure"),
-    ];
+    let env = [("DATABASE_URL", url.as_str()), ("LEDGER_IBAN_CHECK", "structure")];
     let output = run_ledger(&["migrate"], &env);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 
     let output = run_ledger(
         &[
@@ -44,11 +33,7 @@ async fn cli_commands_open_and_fund_an_account_the_api_then_serves() {
         ],
         &env,
     );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(stdout_json(&output)["iban"], ACME_IBAN);
 
     let output = run_ledger(
@@ -64,11 +49,7 @@ async fn cli_commands_open_and_fund_an_account_the_api_then_serves() {
         ],
         &env,
     );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(stdout_json(&output)["balance"], "100000.00");
     // Retried with its key: applied once.
     let output = run_ledger(
@@ -103,19 +84,11 @@ async fn cli_commands_open_and_fund_an_account_the_api_then_serves() {
     );
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(stdout_json(&output)["status"], 409);
-    let output = run_ledger(
-        &[
-            "accounts", "deposit", "--iban", ACME_IBAN, "--amount", "1.005",
-        ],
-        &env,
-    );
+    let output = run_ledger(&["accounts", "deposit", "--iban", ACME_IBAN, "--amount", "1.005"], &env);
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(stdout_json(&output)["errors"][0]["field"], "amount");
     // Operational errors exit 2.
-    let output = run_ledger(
-        &["migrate"],
-        &[("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")],
-    );
+    let output = run_ledger(&["migrate"], &[("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")]);
     assert_eq!(output.status.code(), Some(2));
 
     let binary = Binary::serve(&env);
@@ -133,18 +106,13 @@ async fn cli_commands_open_and_fund_an_account_the_api_then_serves() {
 /// LEDGER_DATA_DIR, starts it, and keeps its data between runs.
 #[tokio::test]
 async fn the_embedded_default_creates_starts_and_keeps_a_local_cluster() {
-    let dir =
-        std::env::temp_dir().join(format!("ledger-embedded-{}", uuid::Uuid::new_v4().simple()));
+    let dir = std::env::temp_dir().join(format!("ledger-embedded-{}", uuid::Uuid::new_v4().simple()));
     let data_dir = dir.to_str().unwrap().to_owned();
     let env = [("LEDGER_DATA_DIR", data_dir.as_str())];
     {
         let binary = Binary::serve(&env);
         let client = client();
-        let response = client
-            .get(format!("{}/readyz", binary.base))
-            .send()
-            .await
-            .unwrap();
+        let response = client.get(format!("{}/readyz", binary.base)).send().await.unwrap();
         assert_eq!(response.status().as_u16(), 200);
         let response = client
             .post(format!("{}/v1/accounts", binary.base))
@@ -157,10 +125,7 @@ async fn the_embedded_default_creates_starts_and_keeps_a_local_cluster() {
     // A second run finds the cluster (still running or restarted) and its data.
     let binary = Binary::serve(&env);
     let response = client()
-        .get(format!(
-            "{}/v1/accounts/DE89370400440532013000",
-            binary.base
-        ))
+        .get(format!("{}/v1/accounts/DE89370400440532013000", binary.base))
         .send()
         .await
         .unwrap();
@@ -172,10 +137,7 @@ async fn the_embedded_default_creates_starts_and_keeps_a_local_cluster() {
 fn stop_cluster(dir: &std::path::Path) {
     let pid_file = dir.join("data/postmaster.pid");
     if let Ok(text) = std::fs::read_to_string(&pid_file)
-        && let Some(pid) = text
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse::<i32>().ok())
+        && let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok())
     {
         let _ = std::process::Command::new("kill")
             .arg("-INT")

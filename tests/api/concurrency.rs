@@ -11,27 +11,10 @@ async fn sixty_concurrent_bulks_of_3_against_100_accept_exactly_33() {
     let app = TestApp::spawn().await;
     app.acme_with(10_000).await;
     let body = bulk(vec![transfer("3.00")]);
-    let responses = join_all((0..60).map(|_| {
-        app.client
-            .post(app.url("/v1/transfer/bulk"))
-            .json(&body)
-            .send()
-    }))
-    .await;
-    let statuses: Vec<u16> = responses
-        .into_iter()
-        .map(|r| r.unwrap().status().as_u16())
-        .collect();
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 201).count(),
-        33,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 422).count(),
-        27,
-        "{statuses:?}"
-    );
+    let responses = join_all((0..60).map(|_| app.client.post(app.url("/v1/transfer/bulk")).json(&body).send())).await;
+    let statuses: Vec<u16> = responses.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 33, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 422).count(), 27, "{statuses:?}");
     assert_eq!(app.balance_cents(ACME_IBAN).await, 100);
     // The stream is gapless: open, deposit, and one event per bulk.
     let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM events ORDER BY version")
@@ -52,35 +35,19 @@ async fn two_ledgers_on_one_database_never_overdraw() {
     let ledger = std::sync::Arc::new(ledger::app::Ledger::new(pool, seed_settings()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let second = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(listener, ledger::http::router(ledger))
-            .await
-            .unwrap()
-    });
+    tokio::spawn(async move { axum::serve(listener, ledger::http::router(ledger)).await.unwrap() });
 
     let body = bulk(vec![transfer("7.00")]);
     let requests = (0..40).map(|i| {
         let base = if i % 2 == 0 { &first.base } else { &second };
-        first
-            .client
-            .post(format!("{base}/v1/transfer/bulk"))
-            .json(&body)
-            .send()
+        first.client.post(format!("{base}/v1/transfer/bulk")).json(&body).send()
     });
     let statuses: Vec<u16> = join_all(requests)
         .await
         .into_iter()
         .map(|r| r.unwrap().status().as_u16())
         .collect();
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 201).count(),
-        14,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 422).count(),
-        26,
-        "{statuses:?}"
-    );
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 14, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 422).count(), 26, "{statuses:?}");
     assert_eq!(first.balance_cents(ACME_IBAN).await, 200);
 }

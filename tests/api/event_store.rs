@@ -16,10 +16,7 @@ async fn the_database_refuses_update_delete_and_truncate_on_events() {
         "TRUNCATE events",
         "TRUNCATE events CASCADE",
     ] {
-        let error = sqlx::query(statement)
-            .execute(&app.pool)
-            .await
-            .expect_err(statement);
+        let error = sqlx::query(statement).execute(&app.pool).await.expect_err(statement);
         assert!(
             error.to_string().contains("events are immutable"),
             "{statement}: {error}"
@@ -32,11 +29,8 @@ async fn the_database_refuses_update_delete_and_truncate_on_events() {
 async fn each_event_hash_chains_to_the_previous_one_in_its_stream() {
     let app = TestApp::spawn().await;
     app.acme_with(10_000).await;
-    app.post(
-        "/v1/transfer/bulk",
-        &bulk(vec![transfer("1.00"), transfer("2.00")]),
-    )
-    .await;
+    app.post("/v1/transfer/bulk", &bulk(vec![transfer("1.00"), transfer("2.00")]))
+        .await;
     let stream_id: uuid::Uuid = sqlx::query("SELECT stream_id FROM events LIMIT 1")
         .fetch_one(&app.pool)
         .await
@@ -55,9 +49,7 @@ async fn each_event_hash_chains_to_the_previous_one_in_its_stream() {
             event.version
         );
         previous = event.hash.clone().try_into().unwrap();
-        event
-            .to_event()
-            .expect("stored payload reads back as a domain event");
+        event.to_event().expect("stored payload reads back as a domain event");
     }
     assert_eq!(events[0].metadata["command"], "OpenAccount");
     assert!(

@@ -5,12 +5,7 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-async fn post_with_key(
-    app: &TestApp,
-    path: &str,
-    key: &str,
-    body: &Value,
-) -> (u16, Option<String>, Value) {
+async fn post_with_key(app: &TestApp, path: &str, key: &str, body: &Value) -> (u16, Option<String>, Value) {
     let response = app
         .client
         .post(app.url(path))
@@ -34,18 +29,15 @@ async fn a_repeated_key_replays_the_first_response() {
     let app = TestApp::spawn().await;
     app.acme_with(10_000).await;
     let body = bulk(vec![transfer("10.00")]);
-    let (status, replayed, first) =
-        post_with_key(&app, "/v1/transfer/bulk", "payroll-2026-11", &body).await;
+    let (status, replayed, first) = post_with_key(&app, "/v1/transfer/bulk", "payroll-2026-11", &body).await;
     assert_eq!((status, replayed), (201, None));
-    let (status, replayed, again) =
-        post_with_key(&app, "/v1/transfer/bulk", "payroll-2026-11", &body).await;
+    let (status, replayed, again) = post_with_key(&app, "/v1/transfer/bulk", "payroll-2026-11", &body).await;
     assert_eq!((status, replayed.as_deref()), (201, Some("true")));
     assert_eq!(again, first, "same body, same ids");
     assert_eq!(app.balance_cents(ACME_IBAN).await, 9_000, "debited once");
 
     let other = bulk(vec![transfer("11.00")]);
-    let (status, _, problem) =
-        post_with_key(&app, "/v1/transfer/bulk", "payroll-2026-11", &other).await;
+    let (status, _, problem) = post_with_key(&app, "/v1/transfer/bulk", "payroll-2026-11", &other).await;
     assert_eq!(status, 409, "{problem}");
     assert_eq!(app.balance_cents(ACME_IBAN).await, 9_000);
 
@@ -55,8 +47,7 @@ async fn a_repeated_key_replays_the_first_response() {
         body["credit_transfers"]
     ))
     .unwrap();
-    let (status, replayed, _) =
-        post_with_key(&app, "/v1/transfer/bulk", "payroll-2026-11", &reordered).await;
+    let (status, replayed, _) = post_with_key(&app, "/v1/transfer/bulk", "payroll-2026-11", &reordered).await;
     assert_eq!((status, replayed.as_deref()), (201, Some("true")));
 
     // Deposits and account opening take keys too.
@@ -75,10 +66,7 @@ async fn a_repeated_key_replays_the_first_response() {
         &json!({"amount": "5"}),
     )
     .await;
-    assert_eq!(
-        (status, replayed.as_deref(), again),
-        (201, Some("true"), first)
-    );
+    assert_eq!((status, replayed.as_deref(), again), (201, Some("true"), first));
     assert_eq!(app.balance_cents(ACME_IBAN).await, 9_500);
 }
 
@@ -92,10 +80,7 @@ async fn a_refused_bulk_replays_as_422_after_a_deposit() {
     let (status, _, first) = post_with_key(&app, "/v1/transfer/bulk", "k-422", &body).await;
     assert_eq!(status, 422);
     let (status, _) = app
-        .post(
-            &format!("/v1/accounts/{ACME_IBAN}/deposits"),
-            &json!({"amount": "100"}),
-        )
+        .post(&format!("/v1/accounts/{ACME_IBAN}/deposits"), &json!({"amount": "100"}))
         .await;
     assert_eq!(status, 201);
     let (status, replayed, again) = post_with_key(&app, "/v1/transfer/bulk", "k-422", &body).await;
@@ -110,9 +95,7 @@ async fn sixteen_concurrent_requests_with_one_key_apply_once() {
     let app = TestApp::spawn().await;
     app.acme_with(100_000).await;
     let body = bulk(vec![transfer("10.00"), transfer("0.01")]);
-    let responses =
-        join_all((0..16).map(|_| post_with_key(&app, "/v1/transfer/bulk", "same-key", &body)))
-            .await;
+    let responses = join_all((0..16).map(|_| post_with_key(&app, "/v1/transfer/bulk", "same-key", &body))).await;
     let first = &responses[0].2;
     for (status, _, answer) in &responses {
         assert_eq!(*status, 201);
@@ -124,11 +107,10 @@ async fn sixteen_concurrent_requests_with_one_key_apply_once() {
         "exactly one was applied, the rest replayed"
     );
     assert_eq!(app.balance_cents(ACME_IBAN).await, 100_000 - 1_001);
-    let booked: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'BulkTransferBooked'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let booked: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'BulkTransferBooked'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(booked, 1);
 }
 

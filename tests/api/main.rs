@@ -1,6 +1,7 @@
 //! Integration tests against a real PostgreSQL, compiled as one binary so
 //! they share one throw-away cluster; each test gets its own database.
 
+mod audit;
 mod binary;
 mod concurrency;
 mod event_store;

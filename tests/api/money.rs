@@ -77,10 +77,7 @@ async fn bad_amounts_are_400_and_change_nothing() {
             .unwrap();
         let (status, body) = into_parts(response).await;
         assert_eq!(status, 400, "transfer {amount}: {body}");
-        assert_eq!(
-            body["errors"][0]["field"], "credit_transfers[0].amount",
-            "{body}"
-        );
+        assert_eq!(body["errors"][0]["field"], "credit_transfers[0].amount", "{body}");
     }
     assert_eq!(app.balance_cents(ACME_IBAN).await, 10_000);
     assert_eq!(app.event_count().await, events_before);

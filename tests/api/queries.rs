@@ -44,9 +44,7 @@ async fn history_pages_newest_first_with_a_cursor() {
         assert!(items.len() <= 4);
         seen.extend(items.iter().cloned());
         match page["next_cursor"].as_str() {
-            Some(cursor) => {
-                path = format!("/v1/accounts/{ACME_IBAN}/transactions?limit=4&cursor={cursor}")
-            }
+            Some(cursor) => path = format!("/v1/accounts/{ACME_IBAN}/transactions?limit=4&cursor={cursor}"),
             None => break,
         }
     }
@@ -64,10 +62,7 @@ async fn history_pages_newest_first_with_a_cursor() {
         expected.push(running);
     }
     expected.reverse();
-    assert_eq!(
-        balances, expected,
-        "newest first, each with the balance right after it"
-    );
+    assert_eq!(balances, expected, "newest first, each with the balance right after it");
     let last = &seen[8];
     assert_eq!(last["kind"], "deposit");
     assert_eq!(last["amount"], "1000.00");
@@ -76,11 +71,7 @@ async fn history_pages_newest_first_with_a_cursor() {
     assert_eq!(first["amount_cents"], -50);
     assert_eq!(first["amount"], "-0.50");
     assert_eq!(first["counterparty_iban"], "EE383680981021245685");
-    assert!(
-        first["bulk_id"].is_string()
-            && first["recorded_at"].is_string()
-            && first["position"].is_i64()
-    );
+    assert!(first["bulk_id"].is_string() && first["recorded_at"].is_string() && first["position"].is_i64());
 }
 
 #[tokio::test]
@@ -93,9 +84,7 @@ async fn bad_page_parameters_are_400() {
         ("limit=x", "limit"),
         ("cursor=zzz", "cursor"),
     ] {
-        let (status, problem) = app
-            .get(&format!("/v1/accounts/{ACME_IBAN}/transactions?{query}"))
-            .await;
+        let (status, problem) = app.get(&format!("/v1/accounts/{ACME_IBAN}/transactions?{query}")).await;
         assert_eq!(status, 400, "{query}");
         assert_eq!(problem["errors"][0]["field"], field);
     }
@@ -103,8 +92,6 @@ async fn bad_page_parameters_are_400() {
         .get(&format!("/v1/accounts/{ACME_IBAN}/transactions?limit=1000"))
         .await;
     assert_eq!(status, 200);
-    let (status, _) = app
-        .get("/v1/accounts/GB82WEST12345698765432/transactions")
-        .await;
+    let (status, _) = app.get("/v1/accounts/GB82WEST12345698765432/transactions").await;
     assert_eq!(status, 404);
 }

@@ -8,10 +8,7 @@ use crate::support::*;
 
 async fn serve_seed() -> (Binary, TestDb) {
     let db = TestDb::new().await;
-    let binary = Binary::serve(&[
-        ("DATABASE_URL", &db.url()),
-        ("LEDGER_IBAN_CHECK", "structure"),
-    ]);
+    let binary = Binary::serve(&[("DATABASE_URL", &db.url()), ("LEDGER_IBAN_CHECK", "structure")]);
     (binary, db)
 }
 
@@ -50,20 +47,14 @@ async fn sample1_books_three_transfers_and_leaves_37748_50() {
 
     assert_eq!(acme_balance(&client, &binary.base).await, 3_774_850);
     let response = client
-        .get(format!(
-            "{}/v1/accounts/{ACME_IBAN}/transactions",
-            binary.base
-        ))
+        .get(format!("{}/v1/accounts/{ACME_IBAN}/transactions", binary.base))
         .send()
         .await
         .unwrap();
     let (_, history) = into_parts(response).await;
     let items = history["items"].as_array().unwrap();
     // Newest first: the three transfers (last one first), then the deposit.
-    let amounts: Vec<i64> = items
-        .iter()
-        .map(|i| i["amount_cents"].as_i64().unwrap())
-        .collect();
+    let amounts: Vec<i64> = items.iter().map(|i| i["amount_cents"].as_i64().unwrap()).collect();
     assert_eq!(amounts, vec![-99_900, -6_123_800, -1_450, 10_000_000]);
     let names: Vec<&str> = items[..3]
         .iter()
@@ -104,34 +95,21 @@ async fn sample1_posted_concurrently_is_accepted_exactly_once() {
             .send()
     }))
     .await;
-    let mut statuses: Vec<u16> = attempts
-        .into_iter()
-        .map(|r| r.unwrap().status().as_u16())
-        .collect();
+    let mut statuses: Vec<u16> = attempts.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
     statuses.sort_unstable();
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 201).count(),
-        1,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 422).count(),
-        19,
-        "{statuses:?}"
-    );
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 422).count(), 19, "{statuses:?}");
     assert_eq!(acme_balance(&client, &binary.base).await, 3_774_850);
     let pool = db.pool().await;
-    let transfers: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM transactions WHERE kind = 'transfer'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let transfers: i64 = sqlx::query_scalar("SELECT count(*) FROM transactions WHERE kind = 'transfer'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(transfers, 3);
-    let rejected: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'BulkTransferRejected'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let rejected: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'BulkTransferRejected'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(rejected, 19, "every refusal is in the audit trail");
 }
 
@@ -148,10 +126,7 @@ async fn sample2_is_refused_for_insufficient_funds_and_books_nothing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
     let (status, body) = into_parts(response).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["requested_cents"], 10_000_001);
@@ -159,10 +134,7 @@ async fn sample2_is_refused_for_insufficient_funds_and_books_nothing() {
     assert_eq!(body["status"], 422);
     assert_eq!(acme_balance(&client, &binary.base).await, 10_000_000);
     let response = client
-        .get(format!(
-            "{}/v1/accounts/{ACME_IBAN}/transactions",
-            binary.base
-        ))
+        .get(format!("{}/v1/accounts/{ACME_IBAN}/transactions", binary.base))
         .send()
         .await
         .unwrap();

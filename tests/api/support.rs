@@ -33,10 +33,7 @@ fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
     SERVER.get_or_init(|| {
         let (cluster, maintenance) = match std::env::var("DATABASE_URL") {
-            Ok(url) => (
-                None,
-                PgConnectOptions::from_str(&url).expect("DATABASE_URL parses"),
-            ),
+            Ok(url) => (None, PgConnectOptions::from_str(&url).expect("DATABASE_URL parses")),
             Err(_) => {
                 let cluster = Cluster::temporary().expect("start a throw-away PostgreSQL cluster");
                 let options = cluster.connect_options("postgres");
@@ -54,10 +51,7 @@ fn server() -> &'static Server {
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                let mut admin = setup_maintenance
-                    .connect()
-                    .await
-                    .expect("connect to the test server");
+                let mut admin = setup_maintenance.connect().await.expect("connect to the test server");
                 sqlx::query(&format!("DROP DATABASE IF EXISTS {setup_template}"))
                     .execute(&mut admin)
                     .await
@@ -66,10 +60,9 @@ fn server() -> &'static Server {
                     .execute(&mut admin)
                     .await
                     .unwrap();
-                let pool =
-                    PgPool::connect_with(setup_maintenance.clone().database(&setup_template))
-                        .await
-                        .unwrap();
+                let pool = PgPool::connect_with(setup_maintenance.clone().database(&setup_template))
+                    .await
+                    .unwrap();
                 ledger::db::migrate(&pool).await.expect("migrations apply");
                 pool.close().await;
             });
@@ -97,13 +90,10 @@ impl TestDb {
         let mut admin = PgConnection::connect_with(&server.maintenance)
             .await
             .expect("connect to the test server");
-        sqlx::query(&format!(
-            "CREATE DATABASE {name} TEMPLATE {}",
-            server.template
-        ))
-        .execute(&mut admin)
-        .await
-        .expect("create the test database");
+        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {}", server.template))
+            .execute(&mut admin)
+            .await
+            .expect("create the test database");
         admin.close().await.ok();
         TestDb {
             options: server.maintenance.clone().database(&name),
@@ -172,9 +162,7 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move {
-            axum::serve(listener, ledger::http::router(ledger))
-                .await
-                .unwrap();
+            axum::serve(listener, ledger::http::router(ledger)).await.unwrap();
         });
         TestApp {
             base: format!("http://{address}"),
@@ -189,13 +177,7 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = self
-            .client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
+        let response = self.client.post(self.url(path)).json(body).send().await.unwrap();
         into_parts(response).await
     }
 
@@ -247,12 +229,7 @@ pub async fn open_acme(client: &reqwest::Client, base: &str, cents: i64) {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        response.status().as_u16(),
-        201,
-        "{}",
-        response.text().await.unwrap()
-    );
+    assert_eq!(response.status().as_u16(), 201, "{}", response.text().await.unwrap());
     if cents > 0 {
         let amount = format!("{}.{:02}", cents / 100, cents % 100);
         let response = client
@@ -261,12 +238,7 @@ pub async fn open_acme(client: &reqwest::Client, base: &str, cents: i64) {
             .send()
             .await
             .unwrap();
-        assert_eq!(
-            response.status().as_u16(),
-            201,
-            "{}",
-            response.text().await.unwrap()
-        );
+        assert_eq!(response.status().as_u16(), 201, "{}", response.text().await.unwrap());
     }
 }
 
@@ -334,10 +306,7 @@ impl Drop for Binary {
 /// Runs the `ledger` binary to completion.
 pub fn run_ledger(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
-    command
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "warn");
+    command.args(args).env_remove("DATABASE_URL").env("RUST_LOG", "warn");
     for (key, value) in envs {
         command.env(key, value);
     }

@@ -108,41 +108,25 @@ async fn every_invalid_bulk_is_refused_with_a_named_field_and_changes_nothing() 
         ),
         (
             "missing amount",
-            with(
-                valid.clone(),
-                &["credit_transfers", "2", "amount"],
-                Value::Null,
-            ),
+            with(valid.clone(), &["credit_transfers", "2", "amount"], Value::Null),
             400,
             Some("credit_transfers[2].amount"),
         ),
         (
             "three decimals",
-            with(
-                valid.clone(),
-                &["credit_transfers", "2", "amount"],
-                json!("1.005"),
-            ),
+            with(valid.clone(), &["credit_transfers", "2", "amount"], json!("1.005")),
             400,
             Some("credit_transfers[2].amount"),
         ),
         (
             "unknown currency",
-            with(
-                valid.clone(),
-                &["credit_transfers", "0", "currency"],
-                json!("EURO"),
-            ),
+            with(valid.clone(), &["credit_transfers", "0", "currency"], json!("EURO")),
             400,
             Some("credit_transfers[0].currency"),
         ),
         (
             "missing currency",
-            with(
-                valid.clone(),
-                &["credit_transfers", "0", "currency"],
-                Value::Null,
-            ),
+            with(valid.clone(), &["credit_transfers", "0", "currency"], Value::Null),
             400,
             Some("credit_transfers[0].currency"),
         ),
@@ -188,21 +172,13 @@ async fn every_invalid_bulk_is_refused_with_a_named_field_and_changes_nothing() 
         ),
         (
             "description not a string",
-            with(
-                valid.clone(),
-                &["credit_transfers", "0", "description"],
-                json!(5),
-            ),
+            with(valid.clone(), &["credit_transfers", "0", "description"], json!(5)),
             400,
             Some("credit_transfers[0].description"),
         ),
         (
             "unknown account",
-            with(
-                valid.clone(),
-                &["organization_iban"],
-                json!("DE89370400440532013000"),
-            ),
+            with(valid.clone(), &["organization_iban"], json!("DE89370400440532013000")),
             404,
             None,
         ),
@@ -220,11 +196,7 @@ async fn every_invalid_bulk_is_refused_with_a_named_field_and_changes_nothing() 
         ),
         (
             "currency differs from the account's",
-            with(
-                valid.clone(),
-                &["credit_transfers", "1", "currency"],
-                json!("USD"),
-            ),
+            with(valid.clone(), &["credit_transfers", "1", "currency"], json!("USD")),
             422,
             Some("credit_transfers[1].currency"),
         ),
@@ -247,19 +219,13 @@ async fn every_invalid_bulk_is_refused_with_a_named_field_and_changes_nothing() 
             .send()
             .await
             .unwrap();
-        assert_eq!(
-            response.headers()["content-type"],
-            "application/problem+json",
-            "{case}"
-        );
+        assert_eq!(response.headers()["content-type"], "application/problem+json", "{case}");
         assert!(response.headers().contains_key("x-request-id"), "{case}");
         let (got, problem) = into_parts(response).await;
         assert_eq!(got, status, "{case}: {problem}");
         assert_eq!(problem["status"], status, "{case}");
         assert!(
-            problem["title"].is_string()
-                && problem["detail"].is_string()
-                && problem["type"].is_string(),
+            problem["title"].is_string() && problem["detail"].is_string() && problem["type"].is_string(),
             "{case}: {problem}"
         );
         if let Some(field) = field {
@@ -296,9 +262,7 @@ async fn every_invalid_bulk_is_refused_with_a_named_field_and_changes_nothing() 
     assert_eq!(response.status().as_u16(), 415);
 
     // A bulk at exactly the limit passes.
-    let (status, body) = app
-        .post("/v1/transfer/bulk", &bulk(vec![transfer("1.00"); 5]))
-        .await;
+    let (status, body) = app.post("/v1/transfer/bulk", &bulk(vec![transfer("1.00"); 5])).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(app.balance_cents(ACME_IBAN).await, 10_000 - 500);
     assert_eq!(
@@ -412,29 +376,13 @@ async fn invalid_accounts_and_deposits_are_refused_and_change_nothing() {
 #[tokio::test]
 async fn unknown_routes_and_methods_are_problems_too() {
     let app = TestApp::spawn().await;
-    let response = app
-        .client
-        .get(app.url("/v1/nothing-here"))
-        .send()
-        .await
-        .unwrap();
+    let response = app.client.get(app.url("/v1/nothing-here")).send().await.unwrap();
     assert!(response.headers().contains_key("x-request-id"));
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
     assert_eq!(response.status().as_u16(), 404);
-    let response = app
-        .client
-        .delete(app.url("/v1/transfer/bulk"))
-        .send()
-        .await
-        .unwrap();
+    let response = app.client.delete(app.url("/v1/transfer/bulk")).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 405);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
     let (status, _) = app.get(&format!("/v1/accounts/{ACME_IBAN}")).await;
     assert_eq!(status, 404);
 }

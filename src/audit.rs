@@ -1,0 +1,343 @@
+//! Audit: replay streams from the log, verify their hash chains, recompute
+//! balances and histories with the domain's own fold, and compare them with
+//! the projections. The SQL projections and this Rust fold are written
+//! independently, so agreement means something.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::{self, Account, Event};
+use crate::event_store::{self, StoredEvent, hash::GENESIS};
+
+/// One disagreement, located in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Difference {
+    pub account_id: Uuid,
+    pub iban: Option<String>,
+    /// The event's global position, when the difference is tied to one.
+    pub position: Option<i64>,
+    pub what: String,
+}
+
+/// The audit of one stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamAudit {
+    pub account_id: Uuid,
+    pub iban: Option<String>,
+    pub events: usize,
+    pub replayed_balance_cents: Option<i64>,
+    pub projected_balance_cents: Option<i64>,
+    pub consistent: bool,
+    pub chain_valid: bool,
+    pub differences: Vec<Difference>,
+}
+
+/// A history row as the `transactions` projection should hold it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct HistoryRow {
+    pub position: i64,
+    pub seq: i32,
+    pub transaction_id: Uuid,
+    pub kind: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub counterparty_name: Option<String>,
+    pub counterparty_iban: Option<String>,
+    pub counterparty_bic: Option<String>,
+    pub description: Option<String>,
+    pub bulk_id: Option<Uuid>,
+    pub balance_after_cents: i64,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// The history rows an event produces, computed in Rust from the domain
+/// event (the independent twin of `projection_transactions_apply`).
+pub fn history_rows(stored: &StoredEvent, event: &Event) -> Vec<HistoryRow> {
+    match event {
+        Event::FundsDeposited {
+            deposit_id,
+            amount_cents,
+            currency,
+            reference,
+            balance_after_cents,
+        } => vec![HistoryRow {
+            position: stored.position,
+            seq: 1,
+            transaction_id: *deposit_id,
+            kind: "deposit".into(),
+            amount_cents: *amount_cents,
+            currency: currency.code().into(),
+            counterparty_name: None,
+            counterparty_iban: None,
+            counterparty_bic: None,
+            description: reference.clone(),
+            bulk_id: None,
+            balance_after_cents: *balance_after_cents,
+            recorded_at: stored.recorded_at,
+        }],
+        Event::BulkTransferBooked {
+            bulk_id,
+            total_cents,
+            balance_after_cents,
+            transfers,
+            ..
+        } => {
+            let mut balance = balance_after_cents + total_cents;
+            transfers
+                .iter()
+                .enumerate()
+                .map(|(index, transfer)| {
+                    balance -= transfer.amount_cents;
+                    HistoryRow {
+                        position: stored.position,
+                        seq: index as i32 + 1,
+                        transaction_id: transfer.transfer_id,
+                        kind: "transfer".into(),
+                        amount_cents: -transfer.amount_cents,
+                        currency: transfer.currency.code().into(),
+                        counterparty_name: Some(transfer.counterparty_name.clone()),
+                        counterparty_iban: Some(transfer.counterparty_iban.to_string()),
+                        counterparty_bic: Some(transfer.counterparty_bic.to_string()),
+                        description: Some(transfer.description.clone()),
+                        bulk_id: Some(*bulk_id),
+                        balance_after_cents: balance,
+                        recorded_at: stored.recorded_at,
+                    }
+                })
+                .collect()
+        }
+        Event::AccountOpened { .. } | Event::BulkTransferRejected { .. } => Vec::new(),
+    }
+}
+
+/// The result of folding a stream: the state, and what went wrong on the way.
+pub struct Replayed {
+    pub account: Option<Account>,
+    pub history: Vec<HistoryRow>,
+    pub chain_valid: bool,
+    pub differences: Vec<Difference>,
+}
+
+/// Verifies the chain and folds `events` (one stream, in version order).
+pub fn replay_stream(account_id: Uuid, events: &[StoredEvent]) -> Replayed {
+    let mut state: Option<Account> = None;
+    let mut history = Vec::new();
+    let mut differences = Vec::new();
+    let mut chain_valid = true;
+    let mut previous = GENESIS;
+    let mut fold_broken = false;
+    for (index, stored) in events.iter().enumerate() {
+        let iban = state.as_ref().map(|a| a.iban.to_string());
+        let mut differ = |what: String| {
+            differences.push(Difference {
+                account_id,
+                iban: iban.clone(),
+                position: Some(stored.position),
+                what,
+            })
+        };
+        if stored.version != index as i64 + 1 {
+            differ(format!("version {} where {} was expected", stored.version, index + 1));
+        }
+        if chain_valid && stored.computed_hash(&previous).as_slice() != stored.hash.as_slice() {
+            chain_valid = false;
+            differ(format!(
+                "hash chain broken at version {}: the event's content does not match its recorded hash",
+                stored.version
+            ));
+        }
+        previous = stored.hash.as_slice().try_into().unwrap_or(GENESIS);
+        if fold_broken {
+            continue;
+        }
+        match stored.to_event() {
+            Err(error) => {
+                fold_broken = true;
+                differ(format!(
+                    "{} at version {} does not read back: {error}",
+                    stored.event_type, stored.version
+                ));
+            }
+            Ok(event) => {
+                history.extend(history_rows(stored, &event));
+                match domain::apply(state.take(), &event) {
+                    Ok(next) => state = Some(next),
+                    Err(error) => {
+                        fold_broken = true;
+                        differ(error.to_string());
+                    }
+                }
+            }
+        }
+    }
+    Replayed {
+        account: state,
+        history,
+        chain_valid,
+        differences,
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct BalanceRow {
+    organization_name: String,
+    iban: String,
+    bic: String,
+    currency: String,
+    balance_cents: i64,
+    version: i64,
+    last_position: i64,
+}
+
+/// Audits one stream against the projections.
+pub async fn audit_stream(pool: &PgPool, account_id: Uuid) -> Result<StreamAudit, sqlx::Error> {
+    let events = event_store::read_stream(pool, account_id, None, None).await?;
+    let replayed = replay_stream(account_id, &events);
+    let projected: Option<BalanceRow> = sqlx::query_as(
+        "SELECT organization_name, iban, bic, currency, balance_cents, version, last_position FROM balances WHERE account_id = $1",
+    )
+    .bind(account_id)
+    .fetch_optional(pool)
+    .await?;
+    let rows: Vec<HistoryRow> = sqlx::query_as(
+        "SELECT position, seq, transaction_id, kind, amount_cents, currency, counterparty_name, counterparty_iban, \
+                counterparty_bic, description, bulk_id, balance_after_cents, recorded_at \
+         FROM transactions WHERE account_id = $1 ORDER BY position, seq",
+    )
+    .bind(account_id)
+    .fetch_all(pool)
+    .await?;
+
+    let iban = replayed
+        .account
+        .as_ref()
+        .map(|a| a.iban.to_string())
+        .or_else(|| projected.as_ref().map(|p| p.iban.clone()));
+    let mut differences = replayed.differences;
+    let mut differ = |position: Option<i64>, what: String| {
+        differences.push(Difference {
+            account_id,
+            iban: iban.clone(),
+            position,
+            what,
+        })
+    };
+    let last_position = events.last().map(|e| e.position);
+    match (&replayed.account, &projected) {
+        (None, None) => {}
+        (Some(_), None) => differ(
+            last_position,
+            "the balances projection has no row for this account".into(),
+        ),
+        (None, Some(_)) if events.is_empty() => differ(
+            None,
+            "the balances projection has a row for an account with no events".into(),
+        ),
+        (None, Some(_)) => {}
+        (Some(account), Some(row)) => {
+            let mut compare = |name: &str, replayed: String, projected: String| {
+                if replayed != projected {
+                    differ(
+                        last_position,
+                        format!("balances.{name} is {projected} but the log says {replayed}"),
+                    );
+                }
+            };
+            compare(
+                "balance_cents",
+                account.balance_cents.to_string(),
+                row.balance_cents.to_string(),
+            );
+            compare("version", account.version.to_string(), row.version.to_string());
+            compare(
+                "last_position",
+                last_position.unwrap_or(0).to_string(),
+                row.last_position.to_string(),
+            );
+            compare(
+                "organization_name",
+                account.organization_name.clone(),
+                row.organization_name.clone(),
+            );
+            compare("iban", account.iban.to_string(), row.iban.clone());
+            compare("bic", account.bic.to_string(), row.bic.clone());
+            compare("currency", account.currency.code().to_owned(), row.currency.clone());
+        }
+    }
+    compare_history(&replayed.history, &rows, &mut differ);
+
+    let consistent = differences.is_empty();
+    Ok(StreamAudit {
+        account_id,
+        iban,
+        events: events.len(),
+        replayed_balance_cents: replayed.account.as_ref().map(|a| a.balance_cents),
+        projected_balance_cents: projected.as_ref().map(|p| p.balance_cents),
+        consistent,
+        chain_valid: replayed.chain_valid,
+        differences,
+    })
+}
+
+fn compare_history(expected: &[HistoryRow], actual: &[HistoryRow], differ: &mut impl FnMut(Option<i64>, String)) {
+    let mut expected_iter = expected.iter().peekable();
+    let mut actual_iter = actual.iter().peekable();
+    loop {
+        match (expected_iter.peek(), actual_iter.peek()) {
+            (None, None) => break,
+            (Some(e), Some(a)) if (e.position, e.seq) == (a.position, a.seq) => {
+                if e != a {
+                    differ(
+                        Some(e.position),
+                        format!(
+                            "transactions row {}.{} differs: log gives {e:?}, projection holds {a:?}",
+                            e.position, e.seq
+                        ),
+                    );
+                }
+                expected_iter.next();
+                actual_iter.next();
+            }
+            (Some(e), a) if a.is_none_or(|a| (e.position, e.seq) < (a.position, a.seq)) => {
+                differ(
+                    Some(e.position),
+                    format!(
+                        "transactions row {}.{} is missing from the projection",
+                        e.position, e.seq
+                    ),
+                );
+                expected_iter.next();
+            }
+            (_, Some(a)) => {
+                differ(
+                    Some(a.position),
+                    format!(
+                        "transactions row {}.{} is in the projection but not in the log",
+                        a.position, a.seq
+                    ),
+                );
+                actual_iter.next();
+            }
+            (Some(_), None) => unreachable!("handled by the guard above"),
+        }
+    }
+}
+
+/// Every stream id in the log, and every account id the projections know
+/// (an orphan row there is a difference too).
+pub async fn all_accounts(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT DISTINCT stream_id FROM events \
+         UNION SELECT account_id FROM balances \
+         UNION SELECT DISTINCT account_id FROM transactions \
+         ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut seen = HashSet::new();
+    Ok(ids.into_iter().filter(|id| seen.insert(*id)).collect())
+}

@@ -1,0 +1,428 @@
+//! The log as the source of truth: point-in-time balances, audit, replay,
+//! the commit-safe feed and projection rebuilds.
+
+use std::collections::HashSet;
+
+use futures::future::join_all;
+use ledger::event_store::{self, FeedCursor, StreamHead};
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// Balances at a past position or time are replayed from the log.
+#[tokio::test]
+async fn the_balance_at_a_point_in_time_is_replayed_from_the_log() {
+    let app = TestApp::spawn().await;
+    app.acme_with(10_000).await; // positions 1 (open), 2 (deposit)
+    let (_, first) = app.post("/v1/transfer/bulk", &bulk(vec![transfer("10.00")])).await;
+    assert_eq!(first["balance_after_cents"], 9_000);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let between = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    app.post("/v1/transfer/bulk", &bulk(vec![transfer("20.00")])).await;
+
+    let path = |query: &str| format!("/v1/accounts/{ACME_IBAN}/balance?{query}");
+    let (status, at) = app.get(&path("position=2")).await;
+    assert_eq!(status, 200, "{at}");
+    assert_eq!(
+        (
+            at["balance_cents"].as_i64(),
+            at["version"].as_i64(),
+            at["balance"].as_str()
+        ),
+        (Some(10_000), Some(2), Some("100.00"))
+    );
+    let (_, at) = app.get(&path("position=3")).await;
+    assert_eq!(at["balance_cents"], 9_000);
+    let as_of = between
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        .replace('+', "%2B");
+    let (status, at) = app.get(&path(&format!("as_of={as_of}"))).await;
+    assert_eq!(status, 200, "{at}");
+    assert_eq!(at["balance_cents"], 9_000);
+    let (_, now) = app.get(&path("position=999999")).await;
+    assert_eq!(now["balance_cents"], 7_000);
+
+    let (status, _) = app.get(&path("as_of=2001-01-01T00:00:00Z")).await;
+    assert_eq!(status, 404, "the account did not exist yet");
+    for (query, field) in [
+        ("as_of=yesterday", "as_of"),
+        ("position=-1", "position"),
+        ("", "as_of"),
+        ("position=1&as_of=2026-01-01T00:00:00Z", "position"),
+    ] {
+        let (status, problem) = app.get(&path(query)).await;
+        assert_eq!(status, 400, "{query}");
+        assert_eq!(problem["errors"][0]["field"], field, "{query}");
+    }
+}
+
+/// The audit endpoint agrees on a healthy account and reports drift when a
+/// projection is changed behind the ledger's back.
+#[tokio::test]
+async fn the_audit_endpoint_compares_the_log_with_the_projections() {
+    let app = TestApp::spawn().await;
+    app.acme_with(10_000).await;
+    app.post("/v1/transfer/bulk", &bulk(vec![transfer("1.00"), transfer("2.00")]))
+        .await;
+    app.post("/v1/transfer/bulk", &bulk(vec![transfer("1000.00")])).await; // refused
+    let (status, audit) = app.get(&format!("/v1/accounts/{ACME_IBAN}/audit")).await;
+    assert_eq!(status, 200);
+    assert_eq!(audit["events"], 4);
+    assert_eq!(audit["replayed_balance_cents"], 9_700);
+    assert_eq!(audit["projected_balance_cents"], 9_700);
+    assert_eq!(audit["consistent"], true);
+    assert_eq!(audit["chain_valid"], true);
+
+    sqlx::query("UPDATE balances SET balance_cents = balance_cents + 1")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE transactions SET description = 'edited' WHERE seq = 2")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let (_, audit) = app.get(&format!("/v1/accounts/{ACME_IBAN}/audit")).await;
+    assert_eq!(audit["consistent"], false);
+    assert_eq!(audit["chain_valid"], true, "the log itself is intact");
+    assert_eq!(audit["projected_balance_cents"], 9_701);
+    let whats: Vec<&str> = audit["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(whats.len(), 2, "{whats:?}");
+    assert!(whats[0].contains("balance_cents"), "{whats:?}");
+    assert!(whats[1].contains("transactions row"), "{whats:?}");
+
+    let (status, _) = app.get("/v1/accounts/GB82WEST12345698765432/audit").await;
+    assert_eq!(status, 404);
+}
+
+/// An event edited behind the database's back (as a superuser with the
+/// triggers disabled) breaks the hash chain: `ledger audit` exits 1 naming
+/// the account and the event's position.
+#[tokio::test]
+async fn ledger_audit_detects_an_event_edited_behind_the_databases_back() {
+    let app = TestApp::spawn().await;
+    app.acme_with(10_000).await;
+    app.post("/v1/transfer/bulk", &bulk(vec![transfer("1.00")])).await;
+    let env = [("DATABASE_URL", app.db.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let output = run_ledger(&["audit"], &env);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+
+    // Move a cent in the log, and in both projections so they still agree
+    // with it: only the hash chain can tell.
+    let mut tx = app.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let position: i64 = sqlx::query_scalar(
+        "UPDATE events SET data = jsonb_set(jsonb_set(data, '{amount_cents}', '10001'), '{balance_after_cents}', '10001') \
+         WHERE event_type = 'FundsDeposited' RETURNING position",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let output = run_ledger(&["audit"], &env);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("iban {ACME_IBAN} position {position}: hash chain broken")),
+        "{stdout}"
+    );
+    let output = run_ledger(&["audit", "--account", ACME_IBAN], &env);
+    assert_eq!(output.status.code(), Some(1));
+    let (_, audit) = app.get(&format!("/v1/accounts/{ACME_IBAN}/audit")).await;
+    assert_eq!(audit["chain_valid"], false);
+
+    // An unknown account is an error (2), not a clean bill of health.
+    let output = run_ledger(&["audit", "--account", "GB82WEST12345698765432"], &env);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+/// `ledger replay` prints the history with the running balance, up to a point.
+#[tokio::test]
+async fn ledger_replay_prints_the_running_balance() {
+    let app = TestApp::spawn().await;
+    app.acme_with(10_000).await;
+    app.post("/v1/transfer/bulk", &bulk(vec![transfer("1.50"), transfer("2.00")]))
+        .await;
+    app.post("/v1/transfer/bulk", &bulk(vec![transfer("1000.00")])).await;
+    let url = app.db.url();
+    let output = run_ledger(&["replay", "--account", ACME_IBAN], &[("DATABASE_URL", &url)]);
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "{stdout}");
+    assert!(
+        lines[2].contains("FundsDeposited") && lines[2].contains("100.00"),
+        "{stdout}"
+    );
+    assert!(
+        lines[3].contains("BulkTransferBooked") && lines[3].contains("-3.50") && lines[3].contains("96.50"),
+        "{stdout}"
+    );
+    assert!(
+        lines[4].contains("BulkTransferRejected") && lines[4].contains("96.50"),
+        "{stdout}"
+    );
+    let output = run_ledger(
+        &["replay", "--account", ACME_IBAN, "--position", "2"],
+        &[("DATABASE_URL", &url)],
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 3);
+}
+
+async fn page_all(app: &TestApp, after: &str, limit: u32) -> (Vec<Value>, String) {
+    let mut events = Vec::new();
+    let mut after = after.to_owned();
+    loop {
+        let (status, page) = app.get(&format!("/v1/events?after={after}&limit={limit}")).await;
+        assert_eq!(status, 200, "{page}");
+        let batch = page["events"].as_array().unwrap().clone();
+        after = page["next_after"].as_str().unwrap().to_owned();
+        if batch.is_empty() {
+            return (events, after);
+        }
+        events.extend(batch);
+    }
+}
+
+/// A consumer paging through the feed never misses an event and never sees
+/// one twice, even when an append commits after later ones.
+#[tokio::test]
+async fn the_feed_never_skips_an_event_that_commits_late() {
+    let app = TestApp::spawn().await;
+    app.acme_with(10_000).await;
+    let (before, cursor) = page_all(&app, "0", 1).await;
+    assert_eq!(before.len(), 2);
+
+    // Hold one append open: it takes its position now, commits last.
+    let slow_stream = uuid::Uuid::now_v7();
+    let mut slow = app.pool.begin().await.unwrap();
+    let opened = ledger::domain::Event::AccountOpened {
+        account_id: slow_stream,
+        organization_name: "Slow Corp".into(),
+        iban: ledger::domain::Iban::parse("GB82WEST12345698765432", ledger::domain::IbanCheck::Full).unwrap(),
+        bic: ledger::domain::Bic::parse("NWBKGB2L").unwrap(),
+        currency: ledger::domain::Currency::EUR,
+    };
+    let slow_append = event_store::append(
+        &mut *slow,
+        slow_stream,
+        StreamHead::EMPTY,
+        &[opened],
+        &json!({}),
+        chrono::Utc::now(),
+        None,
+    )
+    .await
+    .unwrap();
+
+    // Later appends commit meanwhile, with higher positions.
+    let responses = join_all((0..5).map(|_| {
+        app.client
+            .post(app.url("/v1/transfer/bulk"))
+            .json(&bulk(vec![transfer("1.00")]))
+            .send()
+    }))
+    .await;
+    assert!(responses.into_iter().all(|r| r.unwrap().status().as_u16() == 201));
+    let (during, cursor) = page_all(&app, &cursor, 2).await;
+    assert!(
+        during.is_empty(),
+        "nothing past the open transaction is handed out yet: {during:?}"
+    );
+
+    slow.commit().await.unwrap();
+    let (after, _) = page_all(&app, &cursor, 2).await;
+    let positions: Vec<i64> = before
+        .iter()
+        .chain(&after)
+        .map(|e| e["position"].as_i64().unwrap())
+        .collect();
+    let unique: HashSet<i64> = positions.iter().copied().collect();
+    assert_eq!(positions.len(), 8, "{positions:?}");
+    assert_eq!(unique.len(), 8, "no event twice: {positions:?}");
+    assert!(
+        unique.contains(&slow_append.first_position),
+        "the late event is delivered"
+    );
+    let all: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(all, 8);
+    let first = &after[0];
+    assert!(
+        first["type"].is_string()
+            && first["data"].is_object()
+            && first["stream_id"].is_string()
+            && first["version"].is_i64()
+    );
+}
+
+/// Many concurrent appends, a consumer paging all the while: each event is
+/// seen exactly once.
+#[tokio::test]
+async fn a_consumer_paging_during_concurrent_appends_sees_each_event_once() {
+    let app = TestApp::spawn().await;
+    app.acme_with(1_000_000).await;
+    let writers = async {
+        for _ in 0..5 {
+            let requests = (0..20).map(|_| {
+                app.client
+                    .post(app.url("/v1/transfer/bulk"))
+                    .json(&bulk(vec![transfer("1.00")]))
+                    .send()
+            });
+            for response in join_all(requests).await {
+                assert_eq!(response.unwrap().status().as_u16(), 201);
+            }
+        }
+    };
+    let reader = async {
+        let mut seen = Vec::new();
+        let mut after = "0".to_owned();
+        for _ in 0..200 {
+            let (_, page) = app.get(&format!("/v1/events?after={after}&limit=7")).await;
+            seen.extend(
+                page["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["position"].as_i64().unwrap()),
+            );
+            after = page["next_after"].as_str().unwrap().to_owned();
+            tokio::task::yield_now().await;
+        }
+        (seen, after)
+    };
+    let ((), (mut seen, after)) = tokio::join!(writers, reader);
+    let (rest, _) = page_all(&app, &after, 50).await;
+    seen.extend(rest.iter().map(|e| e["position"].as_i64().unwrap()));
+    let unique: HashSet<i64> = seen.iter().copied().collect();
+    assert_eq!(seen.len(), 102, "2 + 100 events");
+    assert_eq!(unique.len(), 102, "none twice");
+    let bad = app.get("/v1/events?after=nonsense").await;
+    assert_eq!(bad.0, 400);
+    assert_eq!(FeedCursor::parse("0"), Some(FeedCursor::START));
+}
+
+async fn snapshot(pool: &sqlx::PgPool) -> (Vec<String>, Vec<String>) {
+    let balances = sqlx::query_scalar("SELECT b::text FROM balances b ORDER BY account_id")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    let transactions = sqlx::query_scalar("SELECT t::text FROM transactions t ORDER BY account_id, position, seq")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    (balances, transactions)
+}
+
+/// `ledger projections rebuild` while `ledger serve` keeps answering: the
+/// rebuilt tables equal the incrementally maintained ones, row for row, and
+/// writes during the rebuild are not lost.
+#[tokio::test]
+async fn a_rebuild_while_serving_reproduces_the_projections() {
+    let db = TestDb::new().await;
+    let url = db.url();
+    let binary = Binary::serve(&[("DATABASE_URL", &url), ("LEDGER_IBAN_CHECK", "structure")]);
+    let client = client();
+    open_acme(&client, &binary.base, 1_000_000).await;
+    for i in 0..30 {
+        let body = bulk(
+            (0..(i % 4 + 1))
+                .map(|j| transfer(&format!("{}.{j:02}", i + 1)))
+                .collect(),
+        );
+        let response = client
+            .post(format!("{}/v1/transfer/bulk", binary.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+    }
+    let pool = db.pool().await;
+    let before = snapshot(&pool).await;
+
+    // Rebuild while writes keep coming.
+    let writer = {
+        let client = client.clone();
+        let base = binary.base.clone();
+        tokio::spawn(async move {
+            let mut accepted = 0;
+            for _ in 0..20 {
+                let response = client
+                    .post(format!("{base}/v1/transfer/bulk"))
+                    .json(&bulk(vec![transfer("0.01")]))
+                    .send()
+                    .await
+                    .unwrap();
+                accepted += usize::from(response.status().as_u16() == 201);
+            }
+            accepted
+        })
+    };
+    let rebuild_url = url.clone();
+    let output =
+        tokio::task::spawn_blocking(move || run_ledger(&["projections", "rebuild"], &[("DATABASE_URL", &rebuild_url)]))
+            .await
+            .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("rebuilt balances, transactions"));
+    assert_eq!(writer.await.unwrap(), 20);
+
+    // Everything written before and during the rebuild is there, and the
+    // log, the rebuilt projections and a second rebuild all agree.
+    let after_writes = snapshot(&pool).await;
+    assert_eq!(after_writes.1.len(), before.1.len() + 20);
+    let output = run_ledger(&["audit"], &[("DATABASE_URL", &url)]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    ledger::projections::rebuild(&pool, &["transactions".to_owned()], |_| {})
+        .await
+        .unwrap();
+    assert_eq!(snapshot(&pool).await, after_writes);
+    let response = client
+        .get(format!("{}/v1/accounts/{ACME_IBAN}", binary.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        200,
+        "the server reads the swapped-in tables"
+    );
+
+    let output = run_ledger(&["projections", "status"], &[("DATABASE_URL", &url)]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("balances") && l.contains("inline")),
+        "{stdout}"
+    );
+    assert!(
+        ledger::projections::rebuild(&pool, &["nope".to_owned()], |_| {})
+            .await
+            .is_err()
+    );
+}
