@@ -418,6 +418,9 @@ async fn serve(ledger: Arc<Ledger>, listen: SocketAddr) -> anyhow::Result<()> {
     // A machine-readable line on stdout, for scripts and tests that start
     // the server on port 0.
     println!("ledger listening on http://{address}");
+    // Asynchronous projections follow the log in the background; the task
+    // ends with the process (each batch is its own transaction).
+    tokio::spawn(crate::projections::runner::run(ledger.pool().clone()));
     let app = crate::http::router(ledger);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

@@ -318,3 +318,23 @@ pub async fn read_feed<'e, E: sqlx::PgExecutor<'e>>(
     .fetch_all(executor)
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::projections::{Mode, PROJECTIONS};
+
+    /// The append statement applies exactly the inline projections.
+    #[test]
+    fn the_append_applies_every_inline_projection_and_no_other() {
+        for projection in PROJECTIONS {
+            let call = format!("projection_{}_apply(batch)", projection.name);
+            assert_eq!(
+                super::APPEND_SQL.contains(&call),
+                projection.mode == Mode::Inline,
+                "{} ({:?})",
+                projection.name,
+                projection.mode
+            );
+        }
+    }
+}

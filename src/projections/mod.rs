@@ -1,20 +1,45 @@
 //! The projection engine. Read-model definitions live in the top-level
 //! `projections/` folder, one SQL file per projection: its tables and a
 //! set-based `projection_<name>_apply(events[])` function saying how each
-//! event type changes them. The event store calls those functions inline,
-//! in the append's statement; a rebuild calls the very same functions over
-//! batches of the log, inside PostgreSQL.
+//! event type changes them.
+//!
+//! - Inline projections are applied by the event store in the append's own
+//!   statement: a read after a 201 sees the write.
+//! - Asynchronous projections follow the commit-safe feed from a checkpoint
+//!   ([`runner`]), a batch per transaction, checkpoint included.
+//! - A rebuild ([`rebuild()`]) calls the very same functions over batches
+//!   of the log, inside PostgreSQL, into shadow tables swapped in at the end.
 
 mod rebuild;
+pub mod runner;
 
 pub use rebuild::{RebuildProgress, RebuildReport, rebuild};
 
 use sqlx::PgPool;
 
-/// A read model: its name and its SQL definition.
+/// How a projection is kept up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// In the append's statement.
+    Inline,
+    /// By the runner, following the feed from a checkpoint.
+    Async,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Inline => "inline",
+            Mode::Async => "async",
+        }
+    }
+}
+
+/// A read model: its name, how it is kept, and its SQL definition.
 #[derive(Debug, Clone, Copy)]
 pub struct Projection {
     pub name: &'static str,
+    pub mode: Mode,
     /// The tables the definition creates (swapped in by a rebuild).
     pub tables: &'static [&'static str],
     pub definition: &'static str,
@@ -24,13 +49,21 @@ pub struct Projection {
 pub const PROJECTIONS: &[Projection] = &[
     Projection {
         name: "balances",
+        mode: Mode::Inline,
         tables: &["balances"],
         definition: include_str!("../../projections/balances.sql"),
     },
     Projection {
         name: "transactions",
+        mode: Mode::Inline,
         tables: &["transactions"],
         definition: include_str!("../../projections/transactions.sql"),
+    },
+    Projection {
+        name: "counterparties",
+        mode: Mode::Async,
+        tables: &["counterparties"],
+        definition: include_str!("../../projections/counterparties.sql"),
     },
 ];
 
@@ -47,10 +80,14 @@ pub async fn install(pool: &PgPool) -> Result<(), sqlx::Error> {
         .await?;
     for projection in PROJECTIONS {
         sqlx::raw_sql(projection.definition).execute(&mut *tx).await?;
-        sqlx::query("INSERT INTO projection_status (name, mode) VALUES ($1, 'inline') ON CONFLICT (name) DO NOTHING")
-            .bind(projection.name)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO projection_status (name, mode) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET mode = excluded.mode",
+        )
+        .bind(projection.name)
+        .bind(projection.mode.as_str())
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await
 }

@@ -19,7 +19,7 @@ use crate::event_store::FeedCursor;
 
 /// Events per batch: large enough that per-statement costs vanish, small
 /// enough that one batch's rows fit comfortably in memory.
-const BATCH_EVENTS: i64 = 20_000;
+pub(crate) const BATCH_EVENTS: i64 = 20_000;
 /// Only one rebuild at a time.
 const REBUILD_LOCK: i64 = 0x6c65_6467_6572_0002;
 
@@ -40,7 +40,7 @@ pub struct RebuildReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
-    #[error("unknown projection {0:?} (known: balances, transactions)")]
+    #[error("unknown projection {0:?} (known: balances, transactions, counterparties)")]
     UnknownProjection(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -171,7 +171,7 @@ async fn run(
 /// One statement: take the next batch of events in feed order, hand it to
 /// every selected projection's apply function (in the shadow schema), and
 /// return how many events it held and where it ended.
-fn batch_sql(schema: &str, selected: &[&'static Projection]) -> String {
+pub(crate) fn batch_sql(schema: &str, selected: &[&'static Projection]) -> String {
     let applies: Vec<String> = selected
         .iter()
         .map(|p| format!("{schema}.projection_{}_apply((SELECT b FROM agg))", p.name))
@@ -193,7 +193,7 @@ fn batch_sql(schema: &str, selected: &[&'static Projection]) -> String {
     )
 }
 
-async fn apply_batch<'e, E: sqlx::PgExecutor<'e>>(
+pub(crate) async fn apply_batch<'e, E: sqlx::PgExecutor<'e>>(
     executor: E,
     sql: &str,
     after: FeedCursor,

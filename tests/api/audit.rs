@@ -320,16 +320,35 @@ async fn a_consumer_paging_during_concurrent_appends_sees_each_event_once() {
     assert_eq!(FeedCursor::parse("0"), Some(FeedCursor::START));
 }
 
-async fn snapshot(pool: &sqlx::PgPool) -> (Vec<String>, Vec<String>) {
-    let balances = sqlx::query_scalar("SELECT b::text FROM balances b ORDER BY account_id")
-        .fetch_all(pool)
-        .await
-        .unwrap();
-    let transactions = sqlx::query_scalar("SELECT t::text FROM transactions t ORDER BY account_id, position, seq")
-        .fetch_all(pool)
-        .await
-        .unwrap();
-    (balances, transactions)
+async fn snapshot(pool: &sqlx::PgPool) -> Vec<Vec<String>> {
+    let mut all = Vec::new();
+    for query in [
+        "SELECT b::text FROM balances b ORDER BY account_id",
+        "SELECT t::text FROM transactions t ORDER BY account_id, position, seq",
+        "SELECT c::text FROM counterparties c ORDER BY account_id, counterparty_iban",
+    ] {
+        all.push(sqlx::query_scalar(query).fetch_all(pool).await.unwrap());
+    }
+    all
+}
+
+/// Polls `ledger projections status` until the asynchronous projections
+/// have no lag.
+async fn wait_for_async_projections(url: &str) {
+    for _ in 0..100 {
+        let output = run_ledger(&["projections", "status"], &[("DATABASE_URL", url)]);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("counterparties"))
+            .expect("counterparties in status");
+        let lag: i64 = line.split_whitespace().nth(4).unwrap().parse().unwrap();
+        if lag == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the asynchronous projections did not catch up");
 }
 
 /// `ledger projections rebuild` while `ledger serve` keeps answering: the
@@ -357,6 +376,19 @@ async fn a_rebuild_while_serving_reproduces_the_projections() {
         assert_eq!(response.status().as_u16(), 201);
     }
     let pool = db.pool().await;
+    // The server's runner keeps the asynchronous projection up to date.
+    wait_for_async_projections(&url).await;
+    let paid: (i64, i64) =
+        sqlx::query_as("SELECT sum(transfers)::bigint, sum(total_cents)::bigint FROM counterparties")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let booked: (i64, i64) =
+        sqlx::query_as("SELECT count(*), -sum(amount_cents)::bigint FROM transactions WHERE kind = 'transfer'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(paid, booked);
     let before = snapshot(&pool).await;
 
     // Rebuild while writes keep coming.
@@ -383,13 +415,14 @@ async fn a_rebuild_while_serving_reproduces_the_projections() {
             .await
             .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(String::from_utf8_lossy(&output.stdout).contains("rebuilt balances, transactions"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("rebuilt balances, transactions, counterparties"));
     assert_eq!(writer.await.unwrap(), 20);
+    wait_for_async_projections(&url).await;
 
     // Everything written before and during the rebuild is there, and the
     // log, the rebuilt projections and a second rebuild all agree.
     let after_writes = snapshot(&pool).await;
-    assert_eq!(after_writes.1.len(), before.1.len() + 20);
+    assert_eq!(after_writes[1].len(), before[1].len() + 20);
     let output = run_ledger(&["audit"], &[("DATABASE_URL", &url)]);
     assert_eq!(
         output.status.code(),

@@ -8,6 +8,7 @@ mod event_store;
 mod idempotency;
 mod money;
 mod queries;
+mod rebuild_property;
 mod seed;
 mod support;
 mod validation;

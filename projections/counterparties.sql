@@ -1,0 +1,61 @@
+-- Projection `counterparties`: who each account pays — per account and
+-- payee IBAN, how many transfers, how much in all, and when last.
+--
+-- Kept asynchronously: the projection engine follows the commit-safe feed
+-- from a checkpoint (projection_status), a batch at a time, so the append
+-- path does not pay for it. It lags the log by a moment.
+--
+-- How each event type changes it:
+--   BulkTransferBooked    per transfer: transfers + 1, total_cents + amount,
+--                         counterparty_name and last_position updated
+--   every other event     nothing
+
+CREATE TABLE IF NOT EXISTS counterparties (
+    account_id          uuid        NOT NULL,
+    counterparty_iban   text        NOT NULL,
+    counterparty_name   text        NOT NULL,
+    transfers           bigint      NOT NULL,
+    total_cents         bigint      NOT NULL,
+    currency            text        NOT NULL,
+    last_position       bigint      NOT NULL,
+    last_paid_at        timestamptz NOT NULL,
+    PRIMARY KEY (account_id, counterparty_iban)
+);
+
+CREATE OR REPLACE FUNCTION projection_counterparties_apply(batch events[]) RETURNS bigint
+LANGUAGE sql AS $$
+    WITH paid AS (
+        SELECT e.stream_id AS account_id,
+               t.item->>'counterparty_iban' AS counterparty_iban,
+               t.item->>'counterparty_name' AS counterparty_name,
+               t.item->>'currency' AS currency,
+               (t.item->>'amount_cents')::bigint AS amount_cents,
+               e.position, t.seq, e.recorded_at
+        FROM unnest(batch) AS e
+        CROSS JOIN LATERAL jsonb_array_elements(e.data->'transfers') WITH ORDINALITY AS t(item, seq)
+        WHERE e.event_type = 'BulkTransferBooked'
+    ), per_payee AS (
+        SELECT account_id, counterparty_iban,
+               (array_agg(counterparty_name ORDER BY position DESC, seq DESC))[1] AS counterparty_name,
+               (array_agg(currency ORDER BY position DESC, seq DESC))[1] AS currency,
+               count(*) AS transfers, sum(amount_cents) AS total_cents,
+               max(position) AS last_position, max(recorded_at) AS last_paid_at
+        FROM paid
+        GROUP BY account_id, counterparty_iban
+    ), upserted AS (
+        INSERT INTO counterparties AS c (account_id, counterparty_iban, counterparty_name, transfers, total_cents,
+                                         currency, last_position, last_paid_at)
+        SELECT account_id, counterparty_iban, counterparty_name, transfers, total_cents, currency,
+               last_position, last_paid_at
+        FROM per_payee
+        ON CONFLICT (account_id, counterparty_iban) DO UPDATE
+        SET counterparty_name = excluded.counterparty_name,
+            transfers = c.transfers + excluded.transfers,
+            total_cents = c.total_cents + excluded.total_cents,
+            currency = excluded.currency,
+            last_position = excluded.last_position,
+            last_paid_at = excluded.last_paid_at
+        RETURNING 1
+    )
+    SELECT count(*) FROM upserted;
+$$;
