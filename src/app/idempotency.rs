@@ -76,6 +76,32 @@ pub async fn lookup(pool: &PgPool, key: &IdempotencyKey) -> Result<Option<Record
     }))
 }
 
+/// The recorded responses for several keys at once, by key.
+pub async fn lookup_many(
+    pool: &PgPool,
+    keys: &[String],
+) -> Result<std::collections::HashMap<String, Recorded>, sqlx::Error> {
+    let rows: Vec<(String, Vec<u8>, i16, String)> = sqlx::query_as(
+        "SELECT key, request_hash, response_status, response_body FROM idempotency_keys WHERE key = ANY($1)",
+    )
+    .bind(keys)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(key, request_hash, status, body)| {
+            (
+                key,
+                Recorded {
+                    request_hash,
+                    status: status as u16,
+                    body,
+                },
+            )
+        })
+        .collect())
+}
+
 pub fn key_reused() -> Problem {
     Problem::new(
         409,

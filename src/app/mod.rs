@@ -1,15 +1,14 @@
 //! Command handlers and queries: load → decide → append, with idempotency
 //! and retries; reads from the projections.
 
+mod group_commit;
 pub mod idempotency;
 pub mod requests;
 pub mod views;
 
-use std::hash::{Hash, Hasher};
-use std::time::Duration;
+use std::sync::Arc;
 
 use chrono::Utc;
-use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -17,8 +16,10 @@ use crate::domain::{
     self, Account, Bic, Command, Currency, DepositCommand, Event, Iban, IbanCheck, OpenAccountCommand, Refusal,
     TransferBulkCommand, TransferLine, format_amount,
 };
-use crate::event_store::{self, AppendError, IdempotencyRecord, StreamHead};
+use crate::event_store::{self, StreamHead};
 use crate::problem::{FieldError, Problem};
+use group_commit::GroupCommit;
+pub use group_commit::GroupCommitSettings;
 use idempotency::IdempotencyKey;
 use requests::{BulkTransferRequest, DepositRequest, OpenAccountRequest};
 use views::{
@@ -53,6 +54,7 @@ impl Default for Limits {
 pub struct Settings {
     pub iban_check: IbanCheck,
     pub limits: Limits,
+    pub group_commit: GroupCommitSettings,
 }
 
 /// A 4xx the client can act on, or an operational failure (5xx) that is
@@ -94,18 +96,13 @@ pub struct CommandContext {
     pub idempotency: Option<(IdempotencyKey, [u8; 32])>,
 }
 
-/// Stripes of in-process locks: commands on one account are decided one
-/// after the other in this process, so they do not fight over the stream
-/// version. Across processes, optimistic concurrency still decides.
-const LOCK_STRIPES: usize = 1024;
-/// Version conflicts tolerated before a command gives up (only other
-/// processes can cause them).
-const APPEND_ATTEMPTS_MAX: u32 = 64;
-
 pub struct Ledger {
     pool: PgPool,
     settings: Settings,
-    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Commands on one account are decided one after the other in this
+    /// process and appended in batches; across processes, optimistic
+    /// concurrency decides.
+    group_commit: Arc<GroupCommit>,
 }
 
 /// Account ids are derived from the IBAN (UUID v5), so the event store's
@@ -118,11 +115,17 @@ pub fn account_id_for(iban: &Iban) -> Uuid {
 
 impl Ledger {
     pub fn new(pool: PgPool, settings: Settings) -> Ledger {
+        let group_commit = Arc::new(GroupCommit::new(pool.clone(), settings.group_commit.clone()));
         Ledger {
             pool,
             settings,
-            stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            group_commit,
         }
+    }
+
+    /// Batches committed, commands in them, and the largest batch so far.
+    pub fn group_commit_stats(&self) -> (u64, u64, u64) {
+        self.group_commit.stats.snapshot()
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -156,7 +159,7 @@ impl Ledger {
             bic: request.bic,
             currency: request.currency,
         });
-        self.execute(ctx, &request.iban, &command, |state, events| {
+        self.execute(ctx, &request.iban, command, move |state, events| {
             let account = domain::evolve(state.cloned(), events);
             Ok((201, to_json(&AccountView::of(&account, None))))
         })
@@ -187,7 +190,7 @@ impl Ledger {
             currency,
             reference: request.reference.clone(),
         });
-        self.execute(ctx, iban, &command, |state, events| {
+        self.execute(ctx, iban, command, move |state, events| {
             let account = domain::evolve(state.cloned(), events);
             Ok((
                 201,
@@ -232,7 +235,7 @@ impl Ledger {
                 })
                 .collect(),
         });
-        self.execute(ctx, &request.organization_iban, &command, |state, events| {
+        self.execute(ctx, &request.organization_iban, command, move |state, events| {
             let account = domain::evolve(state.cloned(), events);
             match events {
                 [Event::BulkTransferBooked {
@@ -288,114 +291,32 @@ impl Ledger {
         .await
     }
 
-    /// Load → decide → append, retried on a version conflict; the response
-    /// is rendered before the append so it can be recorded with the events
-    /// under the idempotency key, in the same statement.
+    /// Decides and appends a command through the account's group commit;
+    /// the response is rendered before the append so it can be recorded with
+    /// the events under the idempotency key, in the same statement.
     async fn execute<F>(
         &self,
         ctx: &CommandContext,
         iban: &Iban,
-        command: &Command,
+        command: Command,
         render: F,
     ) -> Result<CommandResponse, AppError>
     where
-        F: Fn(Option<&Account>, &[Event]) -> Result<(u16, String), AppError>,
+        F: Fn(Option<&Account>, &[Event]) -> Result<(u16, String), AppError> + Send + Sync + 'static,
     {
-        if let Some(recorded) = self.replay(ctx).await? {
-            return Ok(recorded);
+        // A repeat of a recorded request is answered without queueing.
+        if let Some((key, hash)) = &ctx.idempotency
+            && let Some(recorded) = idempotency::lookup(&self.pool, key).await?
+        {
+            return group_commit::replay(&recorded, hash);
         }
-        let _turn = self.stripe(iban).lock().await;
-        let stream_id = account_id_for(iban);
-        let metadata = json!({
-            "request_id": ctx.request_id,
-            "idempotency_key": ctx.idempotency.as_ref().map(|(key, _)| key.as_str()),
-            "command": command_name(command),
-        });
-        for attempt in 0..APPEND_ATTEMPTS_MAX {
-            let loaded = self.load(iban).await?;
-            let (state, head) = match &loaded {
-                Some((account, head)) => (Some(account), *head),
-                None => (None, StreamHead::EMPTY),
-            };
-            let events = domain::decide(state, command).map_err(|refusal| refusal_problem(&refusal, iban))?;
-            let (status, body) = render(state, &events)?;
-            let record = ctx.idempotency.as_ref().map(|(key, request_hash)| IdempotencyRecord {
-                key: key.as_str().to_owned(),
-                request_hash: *request_hash,
-                response_status: status,
-                response_body: body.clone(),
-            });
-            match event_store::append(
-                &self.pool,
-                stream_id,
-                head,
-                &events,
-                &metadata,
-                Utc::now(),
-                record.as_ref(),
-            )
+        self.group_commit
+            .submit(ctx.clone(), iban.clone(), command, Box::new(render))
             .await
-            {
-                Ok(_) => {
-                    return Ok(CommandResponse {
-                        status,
-                        body,
-                        replayed: false,
-                    });
-                }
-                Err(AppendError::VersionConflict) => {
-                    tracing::debug!(%stream_id, attempt, "version conflict, deciding again");
-                    tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(20)))).await;
-                }
-                Err(AppendError::IdempotencyKeyTaken) => {
-                    return self
-                        .replay(ctx)
-                        .await?
-                        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("idempotency key taken but not found")));
-                }
-                Err(AppendError::Database(error)) => return Err(error.into()),
-            }
-        }
-        Err(AppError::Internal(anyhow::anyhow!(
-            "stream {stream_id} still conflicting after {APPEND_ATTEMPTS_MAX} attempts"
-        )))
     }
 
-    /// The recorded response for this request's idempotency key, if any.
-    async fn replay(&self, ctx: &CommandContext) -> Result<Option<CommandResponse>, AppError> {
-        let Some((key, request_hash)) = &ctx.idempotency else {
-            return Ok(None);
-        };
-        match idempotency::lookup(&self.pool, key).await? {
-            None => Ok(None),
-            Some(recorded) if recorded.request_hash == request_hash.as_slice() => Ok(Some(CommandResponse {
-                status: recorded.status,
-                body: recorded.body,
-                replayed: true,
-            })),
-            Some(_) => Err(idempotency::key_reused().into()),
-        }
-    }
-
-    fn stripe(&self, iban: &Iban) -> &tokio::sync::Mutex<()> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        iban.hash(&mut hasher);
-        &self.stripes[(hasher.finish() as usize) % LOCK_STRIPES]
-    }
-
-    /// The account's current state and stream head, from the balances
-    /// projection (kept in the append's statement, so it is the snapshot).
     async fn load(&self, iban: &Iban) -> Result<Option<(Account, StreamHead)>, AppError> {
-        let row: Option<AccountRow> = sqlx::query_as(
-            "SELECT b.account_id, b.organization_name, b.iban, b.bic, b.currency, b.balance_cents, b.version, \
-                    b.last_position, e.hash \
-             FROM balances b JOIN events e ON e.stream_id = b.account_id AND e.version = b.version \
-             WHERE b.account_id = $1",
-        )
-        .bind(account_id_for(iban))
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(AccountRow::into_state).transpose()
+        load_account(&self.pool, iban).await
     }
 
     // ---- queries --------------------------------------------------------
@@ -609,12 +530,27 @@ impl Ledger {
     }
 }
 
+/// The account's current state and stream head, from the balances
+/// projection (kept in the append's statement, so it is the snapshot).
+pub(crate) async fn load_account(pool: &PgPool, iban: &Iban) -> Result<Option<(Account, StreamHead)>, AppError> {
+    let row: Option<AccountRow> = sqlx::query_as(
+        "SELECT b.account_id, b.organization_name, b.iban, b.bic, b.currency, b.balance_cents, b.version, \
+                b.last_position, e.hash \
+         FROM balances b JOIN events e ON e.stream_id = b.account_id AND e.version = b.version \
+         WHERE b.account_id = $1",
+    )
+    .bind(account_id_for(iban))
+    .fetch_optional(pool)
+    .await?;
+    row.map(AccountRow::into_state).transpose()
+}
+
 fn parse_cursor(text: &str) -> Option<(i64, i32)> {
     let (position, seq) = text.split_once('.')?;
     Some((position.parse().ok()?, seq.parse().ok()?))
 }
 
-fn command_name(command: &Command) -> &'static str {
+pub(crate) fn command_name(command: &Command) -> &'static str {
     match command {
         Command::OpenAccount(_) => "OpenAccount",
         Command::Deposit(_) => "Deposit",
@@ -631,7 +567,7 @@ fn account_not_found(iban: &Iban) -> Problem {
     Problem::not_found(format!("no account with IBAN {iban}"))
 }
 
-fn refusal_problem(refusal: &Refusal, iban: &Iban) -> Problem {
+pub(crate) fn refusal_problem(refusal: &Refusal, iban: &Iban) -> Problem {
     match refusal {
         Refusal::AlreadyOpen => Problem::new(
             409,

@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 
-use crate::app::{CommandContext, CommandResponse, Ledger, Limits, Settings};
+use crate::app::{CommandContext, CommandResponse, GroupCommitSettings, Ledger, Limits, Settings};
 use crate::db::{self, PoolSettings};
 use crate::domain::IbanCheck;
 use crate::pg::{self, Cluster};
@@ -117,6 +118,13 @@ struct ServeArgs {
     /// Largest page of account history (`limit`).
     #[arg(long, env = "LEDGER_PAGE_SIZE_MAX", default_value_t = Limits::default().page_size_max)]
     page_size_max: u32,
+    /// Most commands on one account decided and appended together (group commit).
+    #[arg(long, env = "LEDGER_BATCH_COMMANDS_MAX", default_value_t = GroupCommitSettings::default().batch_commands_max,
+          value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
+    batch_commands_max: usize,
+    /// Microseconds a batch leader waits for more commands (0: batch only what queued meanwhile).
+    #[arg(long, env = "LEDGER_BATCH_WAIT_US", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    batch_wait_us: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,9 +192,10 @@ fn init_tracing(format: LogFormat) {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let pool = connect(&cli).await?;
     db::migrate(&pool).await.context("applying migrations")?;
-    let settings = |limits: Limits| Settings {
+    let settings = |limits: Limits, group_commit: GroupCommitSettings| Settings {
         iban_check: cli.iban_check,
         limits,
+        group_commit,
     };
     match cli.command {
         Commands::Migrate => {
@@ -201,12 +210,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ..Limits::default()
             };
             anyhow::ensure!(limits.page_size_max >= 1, "--page-size-max must be at least 1");
-            let ledger = Arc::new(Ledger::new(pool, settings(limits)));
+            let group_commit = GroupCommitSettings {
+                batch_commands_max: args.batch_commands_max,
+                batch_wait: Duration::from_micros(args.batch_wait_us),
+            };
+            let ledger = Arc::new(Ledger::new(pool, settings(limits, group_commit)));
             serve(ledger, args.listen).await?;
             Ok(ExitCode::SUCCESS)
         }
         Commands::Accounts(command) => {
-            let ledger = Ledger::new(pool, settings(Limits::default()));
+            let ledger = Ledger::new(pool, settings(Limits::default(), GroupCommitSettings::default()));
             accounts(&ledger, command).await
         }
         Commands::Projections(ProjectionsCommand::Rebuild { names }) => rebuild(&pool, &names).await,

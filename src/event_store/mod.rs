@@ -14,6 +14,14 @@ use uuid::Uuid;
 use crate::domain::Event;
 use hash::{HashInput, event_hash};
 
+/// An event to append, with who asked for it.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event: Event,
+    /// Request id, idempotency key, command name.
+    pub metadata: Value,
+}
+
 /// An idempotency key to record with the events it produced.
 #[derive(Debug, Clone)]
 pub struct IdempotencyRecord {
@@ -101,8 +109,8 @@ WITH ins AS (
     RETURNING *
 ), idem AS (
     INSERT INTO idempotency_keys (key, request_hash, stream_id, response_status, response_body)
-    SELECT $9, $10, $1, $11, $12
-    WHERE $9::text IS NOT NULL
+    SELECT k, h, $1, s, b
+    FROM unnest($9::text[], $10::bytea[], $11::int2[], $12::text[]) AS i(k, h, s, b)
     RETURNING 1
 ), proj AS (
     SELECT projection_balances_apply(batch) AS balances, projection_transactions_apply(batch) AS transactions
@@ -121,10 +129,9 @@ pub async fn append<'e, E: sqlx::PgExecutor<'e>>(
     executor: E,
     stream_id: Uuid,
     head: StreamHead,
-    events: &[Event],
-    metadata: &Value,
+    events: &[NewEvent],
     recorded_at: DateTime<Utc>,
-    idempotency: Option<&IdempotencyRecord>,
+    idempotency: &[IdempotencyRecord],
 ) -> Result<Appended, AppendError> {
     assert!(!events.is_empty(), "an append carries at least one event");
     // PostgreSQL keeps microseconds; hash exactly what will be stored.
@@ -136,27 +143,27 @@ pub async fn append<'e, E: sqlx::PgExecutor<'e>>(
     let mut metadatas = Vec::with_capacity(events.len());
     let mut hashes: Vec<Vec<u8>> = Vec::with_capacity(events.len());
     let mut previous = head.hash;
-    for (offset, event) in events.iter().enumerate() {
+    for (offset, new) in events.iter().enumerate() {
         let version = head.version + 1 + offset as i64;
-        let data = event.data();
+        let data = new.event.data();
         let hash = event_hash(
             &previous,
             &HashInput {
                 stream_id,
                 version,
-                event_type: event.event_type(),
+                event_type: new.event.event_type(),
                 schema_version: Event::SCHEMA_VERSION,
                 recorded_at,
                 data: &data,
-                metadata,
+                metadata: &new.metadata,
             },
         );
         previous = hash;
         versions.push(version);
-        types.push(event.event_type());
+        types.push(new.event.event_type());
         schemas.push(Event::SCHEMA_VERSION);
         payloads.push(data);
-        metadatas.push(metadata.clone());
+        metadatas.push(&new.metadata);
         hashes.push(hash.to_vec());
     }
     let row: (Option<i64>, Option<i64>, i64, Option<i64>) = sqlx::query_as(APPEND_SQL)
@@ -168,10 +175,10 @@ pub async fn append<'e, E: sqlx::PgExecutor<'e>>(
         .bind(&metadatas)
         .bind(recorded_at)
         .bind(&hashes)
-        .bind(idempotency.map(|i| i.key.as_str()))
-        .bind(idempotency.map(|i| i.request_hash.to_vec()))
-        .bind(idempotency.map(|i| i.response_status as i16))
-        .bind(idempotency.map(|i| i.response_body.as_str()))
+        .bind(idempotency.iter().map(|i| i.key.as_str()).collect::<Vec<_>>())
+        .bind(idempotency.iter().map(|i| i.request_hash.to_vec()).collect::<Vec<_>>())
+        .bind(idempotency.iter().map(|i| i.response_status as i16).collect::<Vec<_>>())
+        .bind(idempotency.iter().map(|i| i.response_body.as_str()).collect::<Vec<_>>())
         .fetch_one(executor)
         .await
         .map_err(classify)?;

@@ -222,10 +222,12 @@ async fn the_feed_never_skips_an_event_that_commits_late() {
         &mut *slow,
         slow_stream,
         StreamHead::EMPTY,
-        &[opened],
-        &json!({}),
+        &[event_store::NewEvent {
+            event: opened,
+            metadata: json!({}),
+        }],
         chrono::Utc::now(),
-        None,
+        &[],
     )
     .await
     .unwrap();

@@ -51,3 +51,36 @@ async fn two_ledgers_on_one_database_never_overdraw() {
     assert_eq!(statuses.iter().filter(|s| **s == 422).count(), 26, "{statuses:?}");
     assert_eq!(first.balance_cents(ACME_IBAN).await, 200);
 }
+
+/// 64 concurrent requests on one account are decided in batches (group
+/// commit), and each caller still gets its own answer: the balance after
+/// each accepted bulk is distinct, and the refusals see an empty account.
+#[tokio::test]
+async fn concurrent_commands_on_one_account_are_grouped_and_each_gets_its_answer() {
+    let app = TestApp::spawn().await;
+    app.acme_with(4_000).await;
+    let (batches_before, commands_before, _) = app.ledger.group_commit_stats();
+    let body = bulk(vec![transfer("1.00")]);
+    let responses = join_all((0..64).map(|_| app.client.post(app.url("/v1/transfer/bulk")).json(&body).send())).await;
+    let mut balances_after = Vec::new();
+    let mut refused = 0;
+    for response in responses {
+        let (status, body) = into_parts(response.unwrap()).await;
+        match status {
+            201 => balances_after.push(body["balance_after_cents"].as_i64().unwrap()),
+            422 => {
+                assert_eq!(body["available_cents"], 0, "{body}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    balances_after.sort_unstable();
+    assert_eq!(balances_after, (0..40).map(|n| n * 100).collect::<Vec<i64>>(), "one distinct answer per accepted bulk");
+    assert_eq!(refused, 24);
+    assert_eq!(app.balance_cents(ACME_IBAN).await, 0);
+    let (batches, commands, largest) = app.ledger.group_commit_stats();
+    let (batches, commands) = (batches - batches_before, commands - commands_before);
+    assert_eq!(commands, 64);
+    assert!(batches < 64 && largest > 1, "grouped: {commands} commands in {batches} batches, largest {largest}");
+}

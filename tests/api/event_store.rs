@@ -4,6 +4,8 @@
 use ledger::event_store;
 use sqlx::Row;
 
+use serde_json::json;
+
 use crate::support::*;
 
 #[tokio::test]
@@ -85,10 +87,12 @@ async fn a_stale_expected_version_is_a_conflict() {
         &app.pool,
         stream_id,
         stale,
-        &[event],
-        &serde_json::json!({}),
+        &[event_store::NewEvent {
+            event,
+            metadata: json!({}),
+        }],
         chrono::Utc::now(),
-        None,
+        &[],
     )
     .await;
     assert!(

@@ -137,6 +137,7 @@ impl TestDb {
 /// The application served in-process on an ephemeral port.
 pub struct TestApp {
     pub base: String,
+    pub ledger: Arc<Ledger>,
     pub client: reqwest::Client,
     pub pool: PgPool,
     pub db: TestDb,
@@ -161,11 +162,13 @@ impl TestApp {
         let ledger = Arc::new(Ledger::new(pool.clone(), settings));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
+        let served = Arc::clone(&ledger);
         tokio::spawn(async move {
-            axum::serve(listener, ledger::http::router(ledger)).await.unwrap();
+            axum::serve(listener, ledger::http::router(served)).await.unwrap();
         });
         TestApp {
             base: format!("http://{address}"),
+            ledger,
             client: client(),
             pool,
             db,

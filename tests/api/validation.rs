@@ -37,6 +37,7 @@ async fn every_invalid_bulk_is_refused_with_a_named_field_and_changes_nothing() 
             body_bytes_max: 64 * 1024,
             ..Limits::default()
         },
+        ..Settings::default()
     };
     let app = TestApp::spawn_with(settings).await;
     app.acme_with(10_000).await;

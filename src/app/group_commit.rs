@@ -1,0 +1,397 @@
+//! Group commit per account (DESIGN.md mechanism 2).
+//!
+//! Commands for one account that arrive while an append for it is in
+//! flight queue up. When the append finishes, the next command's task
+//! becomes the leader: it takes every queued command (up to a bound), loads
+//! the account once, decides them one after the other against the state in
+//! memory, and appends all their events — and their idempotency keys — in
+//! one statement, one transaction, one fsync. Then it answers each caller
+//! with its own result: some 201, some 422 when the money ran out midway.
+//!
+//! Batches form by themselves under load and cost nothing without it: a
+//! lone command is a batch of one. Across processes, the append's expected
+//! version still decides; a conflict reloads and decides the batch again.
+//!
+//! Every submission runs in its own task, so a client that disconnects
+//! cancels neither its own command (once queued, it is decided exactly like
+//! the others) nor a batch it happens to lead.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+
+use super::idempotency::{self, Recorded};
+use super::{AppError, CommandContext, CommandResponse, account_id_for, load_account, refusal_problem};
+use crate::domain::{self, Account, Command, Event, Iban};
+use crate::event_store::{self, AppendError, IdempotencyRecord, NewEvent, StreamHead};
+
+/// Renders a command's response from the state before it and its events.
+pub(crate) type Render = Box<dyn Fn(Option<&Account>, &[Event]) -> Result<(u16, String), AppError> + Send + Sync>;
+
+/// Bounds of a batch, configurable (`ledger serve --help`).
+#[derive(Debug, Clone)]
+pub struct GroupCommitSettings {
+    /// Most commands decided and appended together.
+    pub batch_commands_max: usize,
+    /// How long a leader waits for more commands before deciding; zero
+    /// means batches form only from what queued during the previous append.
+    pub batch_wait: Duration,
+}
+
+impl Default for GroupCommitSettings {
+    fn default() -> GroupCommitSettings {
+        GroupCommitSettings {
+            batch_commands_max: 256,
+            batch_wait: Duration::ZERO,
+        }
+    }
+}
+
+/// Counters for observing batching (and for tests to prove it happens).
+#[derive(Debug, Default)]
+pub struct GroupCommitStats {
+    pub batches: AtomicU64,
+    pub commands: AtomicU64,
+    pub batch_commands_max_seen: AtomicU64,
+}
+
+impl GroupCommitStats {
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.batches.load(Ordering::Relaxed),
+            self.commands.load(Ordering::Relaxed),
+            self.batch_commands_max_seen.load(Ordering::Relaxed),
+        )
+    }
+}
+
+struct Pending {
+    ctx: CommandContext,
+    iban: Iban,
+    command: Command,
+    render: Render,
+    reply: oneshot::Sender<Result<CommandResponse, AppError>>,
+}
+
+struct Stripe {
+    queue: std::sync::Mutex<Vec<Pending>>,
+    /// Held by the leader while it decides and appends a batch.
+    commit: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Accounts hash onto stripes; each stripe has one queue and one leader at
+/// a time. Collisions only mean two accounts' batches take turns.
+const STRIPES: usize = 1024;
+/// Version conflicts tolerated before a batch gives up (only other
+/// processes cause them).
+const APPEND_ATTEMPTS_MAX: u32 = 64;
+
+pub(crate) struct GroupCommit {
+    pool: PgPool,
+    settings: GroupCommitSettings,
+    stripes: Vec<Stripe>,
+    pub(crate) stats: GroupCommitStats,
+}
+
+impl GroupCommit {
+    pub(crate) fn new(pool: PgPool, settings: GroupCommitSettings) -> GroupCommit {
+        GroupCommit {
+            pool,
+            settings,
+            stripes: (0..STRIPES)
+                .map(|_| Stripe {
+                    queue: std::sync::Mutex::new(Vec::new()),
+                    commit: Arc::new(tokio::sync::Mutex::new(())),
+                })
+                .collect(),
+            stats: GroupCommitStats::default(),
+        }
+    }
+
+    fn stripe_index(iban: &Iban) -> usize {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        iban.hash(&mut hasher);
+        (hasher.finish() as usize) % STRIPES
+    }
+
+    /// Queues a command and waits for its outcome, leading a batch when no
+    /// other task is.
+    pub(crate) async fn submit(
+        self: &Arc<Self>,
+        ctx: CommandContext,
+        iban: Iban,
+        command: Command,
+        render: Render,
+    ) -> Result<CommandResponse, AppError> {
+        let this = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            let index = GroupCommit::stripe_index(&iban);
+            let (reply, mut outcome) = oneshot::channel();
+            this.stripes[index].queue.lock().expect("queue lock").push(Pending {
+                ctx,
+                iban,
+                command,
+                render,
+                reply,
+            });
+            loop {
+                let commit = Arc::clone(&this.stripes[index].commit);
+                tokio::select! {
+                    biased;
+                    result = &mut outcome => {
+                        return result.unwrap_or_else(|_| Err(AppError::Internal(anyhow::anyhow!("a batch ended without answering"))));
+                    }
+                    _turn = commit.lock_owned() => {
+                        this.lead(index).await;
+                    }
+                }
+            }
+        });
+        task.await
+            .unwrap_or_else(|error| Err(AppError::Internal(anyhow::anyhow!("command task failed: {error}"))))
+    }
+
+    /// Takes the stripe's queued commands and commits them, account by account.
+    async fn lead(&self, index: usize) {
+        if !self.settings.batch_wait.is_zero() {
+            let queued = self.stripes[index].queue.lock().expect("queue lock").len();
+            if queued < self.settings.batch_commands_max {
+                tokio::time::sleep(self.settings.batch_wait).await;
+            }
+        }
+        let batch: Vec<Pending> = {
+            let mut queue = self.stripes[index].queue.lock().expect("queue lock");
+            let take = queue.len().min(self.settings.batch_commands_max);
+            queue.drain(..take).collect()
+        };
+        // Keep each account's commands in arrival order.
+        let mut groups: Vec<(Iban, Vec<Pending>)> = Vec::new();
+        for pending in batch {
+            match groups.iter_mut().find(|(iban, _)| *iban == pending.iban) {
+                Some((_, group)) => group.push(pending),
+                None => groups.push((pending.iban.clone(), vec![pending])),
+            }
+        }
+        for (iban, group) in groups {
+            self.commit_group(&iban, group).await;
+        }
+    }
+
+    async fn commit_group(&self, iban: &Iban, group: Vec<Pending>) {
+        let size = group.len() as u64;
+        for attempt in 0..APPEND_ATTEMPTS_MAX {
+            match self.try_group(iban, &group).await {
+                Ok(outcomes) => {
+                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    self.stats.commands.fetch_add(size, Ordering::Relaxed);
+                    self.stats.batch_commands_max_seen.fetch_max(size, Ordering::Relaxed);
+                    for (pending, outcome) in group.into_iter().zip(outcomes) {
+                        // The caller may be gone; its command stands either way.
+                        let _ = pending.reply.send(outcome);
+                    }
+                    return;
+                }
+                Err(BatchError::Conflict) => {
+                    tracing::debug!(%iban, attempt, "version conflict, deciding the batch again");
+                    tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(20)))).await;
+                }
+                Err(BatchError::KeyTaken) if group.len() > 1 => {
+                    // Another process recorded one of these keys meanwhile:
+                    // commit them one by one, so only that one replays.
+                    for pending in group {
+                        Box::pin(self.commit_group(iban, vec![pending])).await;
+                    }
+                    return;
+                }
+                Err(BatchError::KeyTaken) => {
+                    // A batch of one: its key is now recorded; answer with it.
+                    let pending = group.into_iter().next().expect("a batch of one");
+                    let outcome = match &pending.ctx.idempotency {
+                        Some((key, hash)) => match idempotency::lookup(&self.pool, key).await {
+                            Ok(Some(recorded)) => replay(&recorded, hash),
+                            Ok(None) => Err(AppError::Internal(anyhow::anyhow!(
+                                "idempotency key taken but not found"
+                            ))),
+                            Err(error) => Err(error.into()),
+                        },
+                        None => Err(AppError::Internal(anyhow::anyhow!(
+                            "idempotency conflict without a key"
+                        ))),
+                    };
+                    let _ = pending.reply.send(outcome);
+                    return;
+                }
+                Err(BatchError::Failed(error)) => {
+                    let message = format!("{error:#}");
+                    for pending in group {
+                        let _ = pending
+                            .reply
+                            .send(Err(AppError::Internal(anyhow::anyhow!("{message}"))));
+                    }
+                    return;
+                }
+            }
+        }
+        for pending in group {
+            let _ = pending.reply.send(Err(AppError::Internal(anyhow::anyhow!(
+                "account {iban} still conflicting after {APPEND_ATTEMPTS_MAX} attempts"
+            ))));
+        }
+    }
+
+    /// Loads the account once, decides every command of the group against
+    /// the state in memory, appends all their events in one statement.
+    async fn try_group(
+        &self,
+        iban: &Iban,
+        group: &[Pending],
+    ) -> Result<Vec<Result<CommandResponse, AppError>>, BatchError> {
+        let loaded = load_account(&self.pool, iban).await?;
+        let (mut state, head) = match loaded {
+            Some((account, head)) => (Some(account), head),
+            None => (None, StreamHead::EMPTY),
+        };
+        let keys: Vec<String> = group
+            .iter()
+            .filter_map(|p| p.ctx.idempotency.as_ref().map(|(key, _)| key.as_str().to_owned()))
+            .collect();
+        let recorded = if keys.is_empty() {
+            HashMap::new()
+        } else {
+            idempotency::lookup_many(&self.pool, &keys)
+                .await
+                .map_err(AppendError::Database)?
+        };
+
+        let mut outcomes: Vec<Option<Result<CommandResponse, AppError>>> = (0..group.len()).map(|_| None).collect();
+        let mut events: Vec<NewEvent> = Vec::new();
+        let mut records: Vec<IdempotencyRecord> = Vec::new();
+        // A key seen earlier in this batch: (index of its first command, request hash).
+        let mut batch_keys: HashMap<&str, (usize, [u8; 32])> = HashMap::new();
+        let mut repeats: Vec<(usize, usize)> = Vec::new();
+        for (index, pending) in group.iter().enumerate() {
+            if let Some((key, hash)) = &pending.ctx.idempotency {
+                if let Some(recorded) = recorded.get(key.as_str()) {
+                    outcomes[index] = Some(replay(recorded, hash));
+                    continue;
+                }
+                if let Some((first, first_hash)) = batch_keys.get(key.as_str()) {
+                    outcomes[index] = if first_hash == hash {
+                        None
+                    } else {
+                        Some(Err(idempotency::key_reused().into()))
+                    };
+                    if first_hash == hash {
+                        repeats.push((index, *first));
+                    }
+                    continue;
+                }
+            }
+            let decided = match domain::decide(state.as_ref(), &pending.command) {
+                Ok(decided) => decided,
+                Err(refusal) => {
+                    outcomes[index] = Some(Err(refusal_problem(&refusal, iban).into()));
+                    continue;
+                }
+            };
+            let (status, body) = match (pending.render)(state.as_ref(), &decided) {
+                Ok(rendered) => rendered,
+                Err(error) => {
+                    outcomes[index] = Some(Err(error));
+                    continue;
+                }
+            };
+            state = Some(domain::evolve(state.take(), &decided));
+            let metadata = json!({
+                "request_id": pending.ctx.request_id,
+                "idempotency_key": pending.ctx.idempotency.as_ref().map(|(key, _)| key.as_str()),
+                "command": super::command_name(&pending.command),
+            });
+            events.extend(decided.into_iter().map(|event| NewEvent {
+                event,
+                metadata: metadata.clone(),
+            }));
+            if let Some((key, hash)) = &pending.ctx.idempotency {
+                records.push(IdempotencyRecord {
+                    key: key.as_str().to_owned(),
+                    request_hash: *hash,
+                    response_status: status,
+                    response_body: body.clone(),
+                });
+                batch_keys.insert(key.as_str(), (index, *hash));
+            }
+            outcomes[index] = Some(Ok(CommandResponse {
+                status,
+                body,
+                replayed: false,
+            }));
+        }
+        if !events.is_empty() {
+            event_store::append(&self.pool, account_id_for(iban), head, &events, Utc::now(), &records).await?;
+        }
+        // A repeated key within the batch gets its first command's answer.
+        for (index, first) in repeats {
+            outcomes[index] = Some(match &outcomes[first] {
+                Some(Ok(response)) => Ok(CommandResponse {
+                    replayed: true,
+                    ..response.clone()
+                }),
+                Some(Err(AppError::Client(problem))) => Err(AppError::Client(problem.clone())),
+                _ => Err(AppError::Internal(anyhow::anyhow!(
+                    "the first command with this key failed"
+                ))),
+            });
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(AppError::Internal(anyhow::anyhow!("command left undecided")))))
+            .collect())
+    }
+}
+
+/// Why a batch did not commit.
+enum BatchError {
+    /// Another writer appended to the stream: decide the batch again.
+    Conflict,
+    /// Another process recorded one of the batch's idempotency keys.
+    KeyTaken,
+    Failed(anyhow::Error),
+}
+
+impl From<AppendError> for BatchError {
+    fn from(error: AppendError) -> BatchError {
+        match error {
+            AppendError::VersionConflict => BatchError::Conflict,
+            AppendError::IdempotencyKeyTaken => BatchError::KeyTaken,
+            AppendError::Database(error) => BatchError::Failed(anyhow::Error::new(error).context("database")),
+        }
+    }
+}
+
+impl From<AppError> for BatchError {
+    fn from(error: AppError) -> BatchError {
+        match error {
+            AppError::Internal(error) => BatchError::Failed(error),
+            AppError::Client(problem) => BatchError::Failed(anyhow::anyhow!("{}", problem.detail)),
+        }
+    }
+}
+
+pub(crate) fn replay(recorded: &Recorded, hash: &[u8; 32]) -> Result<CommandResponse, AppError> {
+    if recorded.request_hash == hash.as_slice() {
+        Ok(CommandResponse {
+            status: recorded.status,
+            body: recorded.body.clone(),
+            replayed: true,
+        })
+    } else {
+        Err(idempotency::key_reused().into())
+    }
+}
