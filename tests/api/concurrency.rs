@@ -76,11 +76,51 @@ async fn concurrent_commands_on_one_account_are_grouped_and_each_gets_its_answer
         }
     }
     balances_after.sort_unstable();
-    assert_eq!(balances_after, (0..40).map(|n| n * 100).collect::<Vec<i64>>(), "one distinct answer per accepted bulk");
+    assert_eq!(
+        balances_after,
+        (0..40).map(|n| n * 100).collect::<Vec<i64>>(),
+        "one distinct answer per accepted bulk"
+    );
     assert_eq!(refused, 24);
     assert_eq!(app.balance_cents(ACME_IBAN).await, 0);
     let (batches, commands, largest) = app.ledger.group_commit_stats();
     let (batches, commands) = (batches - batches_before, commands - commands_before);
     assert_eq!(commands, 64);
-    assert!(batches < 64 && largest > 1, "grouped: {commands} commands in {batches} batches, largest {largest}");
+    assert!(
+        batches < 64 && largest > 1,
+        "grouped: {commands} commands in {batches} batches, largest {largest}"
+    );
+}
+
+/// Two real `ledger serve` processes on one database, one hot account:
+/// group commit inside each, optimistic concurrency between them.
+#[tokio::test]
+async fn two_servers_on_one_database_never_overdraw() {
+    let db = TestDb::new().await;
+    let url = db.url();
+    let env = [("DATABASE_URL", url.as_str()), ("LEDGER_IBAN_CHECK", "structure")];
+    let first = Binary::serve(&env);
+    let second = Binary::serve(&env);
+    let client = client();
+    open_acme(&client, &first.base, 10_000).await;
+    let body = bulk(vec![transfer("3.00")]);
+    let requests = (0..60).map(|i| {
+        let base = if i % 2 == 0 { &first.base } else { &second.base };
+        client.post(format!("{base}/v1/transfer/bulk")).json(&body).send()
+    });
+    let statuses: Vec<u16> = join_all(requests)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 33, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 422).count(), 27, "{statuses:?}");
+    let response = client
+        .get(format!("{}/v1/accounts/{ACME_IBAN}", second.base))
+        .send()
+        .await
+        .unwrap();
+    let (_, account) = into_parts(response).await;
+    assert_eq!(account["balance_cents"], 100);
+    assert_eq!(account["version"], 62, "gapless: open, deposit, 60 bulks");
 }
