@@ -31,7 +31,17 @@ CREATE TABLE IF NOT EXISTS transactions (
 
 CREATE OR REPLACE FUNCTION projection_transactions_apply(batch events[]) RETURNS bigint
 LANGUAGE sql AS $$
-    WITH inserted AS (
+    -- Per-event values are read once per event (MATERIALIZED): reading them
+    -- from the event's whole payload for every transfer row would parse a
+    -- large bulk's JSON once per transfer.
+    WITH bulks AS MATERIALIZED (
+        SELECT e.stream_id, e.position, e.recorded_at,
+               (e.data->>'bulk_id')::uuid AS bulk_id,
+               (e.data->>'balance_after_cents')::bigint + (e.data->>'total_cents')::bigint AS balance_before_cents,
+               e.data->'transfers' AS transfers
+        FROM unnest(batch) AS e
+        WHERE e.event_type = 'BulkTransferBooked'
+    ), inserted AS (
         INSERT INTO transactions (account_id, position, seq, transaction_id, kind, amount_cents,
                                   currency, counterparty_name, counterparty_iban, counterparty_bic,
                                   description, bulk_id, balance_after_cents, recorded_at)
@@ -42,18 +52,19 @@ LANGUAGE sql AS $$
         WHERE e.event_type = 'FundsDeposited'
         UNION ALL
         -- The balance after the i-th transfer of a bulk is the balance before
-        -- the bulk minus the transfers up to and including it.
-        SELECT e.stream_id, e.position, t.seq::integer, (t.item->>'transfer_id')::uuid, 'transfer',
+        -- the bulk minus the transfers up to and including it; the running
+        -- sum is taken within each bulk, over that bulk's transfers only.
+        SELECT b.stream_id, b.position, t.seq::integer, (t.item->>'transfer_id')::uuid, 'transfer',
                -(t.item->>'amount_cents')::bigint, t.item->>'currency',
                t.item->>'counterparty_name', t.item->>'counterparty_iban',
-               t.item->>'counterparty_bic', t.item->>'description', (e.data->>'bulk_id')::uuid,
-               (e.data->>'balance_after_cents')::bigint + (e.data->>'total_cents')::bigint
-                 - sum((t.item->>'amount_cents')::bigint)
-                     OVER (PARTITION BY e.position ORDER BY t.seq),
-               e.recorded_at
-        FROM unnest(batch) AS e
-        CROSS JOIN LATERAL jsonb_array_elements(e.data->'transfers') WITH ORDINALITY AS t(item, seq)
-        WHERE e.event_type = 'BulkTransferBooked'
+               t.item->>'counterparty_bic', t.item->>'description', b.bulk_id,
+               b.balance_before_cents - t.spent_cents, b.recorded_at
+        FROM bulks AS b
+        CROSS JOIN LATERAL (
+            SELECT items.item, items.seq,
+                   sum((items.item->>'amount_cents')::bigint) OVER (ORDER BY items.seq) AS spent_cents
+            FROM jsonb_array_elements(b.transfers) WITH ORDINALITY AS items(item, seq)
+        ) AS t
         RETURNING 1
     )
     SELECT count(*) FROM inserted;

@@ -25,6 +25,7 @@ pub mod db;
 pub mod domain;
 pub mod event_store;
 pub mod http;
+pub mod observability;
 pub mod pg;
 pub mod problem;
 pub mod projections;

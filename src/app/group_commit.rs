@@ -31,6 +31,7 @@ use super::idempotency::{self, Recorded};
 use super::{AppError, CommandContext, CommandResponse, account_id_for, load_account, refusal_problem};
 use crate::domain::{self, Account, Command, Event, Iban};
 use crate::event_store::{self, AppendError, IdempotencyRecord, NewEvent, StreamHead};
+use crate::observability;
 
 /// Renders a command's response from the state before it and its events.
 pub(crate) type Render = Box<dyn Fn(Option<&Account>, &[Event]) -> Result<(u16, String), AppError> + Send + Sync>;
@@ -192,7 +193,9 @@ impl GroupCommit {
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
                     self.stats.commands.fetch_add(size, Ordering::Relaxed);
                     self.stats.batch_commands_max_seen.fetch_max(size, Ordering::Relaxed);
+                    metrics::histogram!(observability::BATCH_COMMANDS).record(size as f64);
                     for (pending, outcome) in group.into_iter().zip(outcomes) {
+                        record_outcome(&pending.command, &outcome);
                         // The caller may be gone; its command stands either way.
                         let _ = pending.reply.send(outcome);
                     }
@@ -335,6 +338,9 @@ impl GroupCommit {
         }
         if !events.is_empty() {
             event_store::append(&self.pool, account_id_for(iban), head, &events, Utc::now(), &records).await?;
+            for new in &events {
+                metrics::counter!(observability::EVENTS_APPENDED, "type" => new.event.event_type()).increment(1);
+            }
         }
         // A repeated key within the batch gets its first command's answer.
         for (index, first) in repeats {
@@ -354,6 +360,20 @@ impl GroupCommit {
             .map(|o| o.unwrap_or_else(|| Err(AppError::Internal(anyhow::anyhow!("command left undecided")))))
             .collect())
     }
+}
+
+/// Counts a command's outcome: accepted, replayed, refused (by problem
+/// type) or failed.
+fn record_outcome(command: &Command, outcome: &Result<CommandResponse, AppError>) {
+    let outcome = match outcome {
+        Ok(response) if response.replayed => "replayed".to_owned(),
+        Ok(response) if response.status < 400 => "accepted".to_owned(),
+        Ok(response) => format!("refused_{}", response.status),
+        Err(AppError::Client(problem)) => format!("refused_{}", problem.kind.trim_start_matches("/problems/")),
+        Err(AppError::Internal(_)) => "failed".to_owned(),
+    };
+    metrics::counter!(observability::COMMANDS, "command" => super::command_name(command), "outcome" => outcome)
+        .increment(1);
 }
 
 /// Why a batch did not commit.

@@ -34,6 +34,8 @@ pub type AppState = Arc<Ledger>;
 /// Builds the application; serving it is separate, so tests can call it
 /// without a socket.
 pub fn router(ledger: Arc<Ledger>) -> Router {
+    // Install the metrics recorder before the first request records anything.
+    crate::observability::prometheus();
     let body_limit = ledger.settings().limits.body_bytes_max;
     Router::new()
         .route("/v1/accounts", post(accounts::open))
@@ -45,10 +47,12 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
         .route("/v1/events", get(events::feed))
         .route("/v1/transfer/bulk", post(transfers::bulk))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(track_requests))
         .with_state(ledger)
         .layer(CatchPanicLayer::custom(errors::panic_response))
         .layer(
@@ -63,6 +67,53 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// Counts every request and its latency by method, route template (not the
+/// raw path: IBANs would explode the label set) and status.
+async fn track_requests(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    crate::observability::record_http(&method, &route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// Prometheus text format. Pool and projection gauges are sampled here, at
+/// scrape time.
+async fn metrics(State(ledger): State<AppState>) -> Response {
+    use crate::observability::{DB_POOL_CONNECTIONS, PROJECTION_LAG, PROJECTION_POSITION, prometheus};
+    let handle = prometheus();
+    let pool = ledger.pool();
+    let idle = pool.num_idle() as f64;
+    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(idle);
+    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set(f64::from(pool.size()) - idle);
+    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "max").set(f64::from(pool.options().get_max_connections()));
+    match crate::projections::status(pool).await {
+        Ok(statuses) => {
+            for status in statuses {
+                metrics::gauge!(PROJECTION_POSITION, "projection" => status.name.clone()).set(status.position as f64);
+                metrics::gauge!(PROJECTION_LAG, "projection" => status.name).set(status.lag_events as f64);
+            }
+        }
+        Err(error) => tracing::warn!(
+            error = format!("{error:#}"),
+            "projection status unavailable for /metrics"
+        ),
+    }
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        handle.render(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> Response {

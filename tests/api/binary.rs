@@ -153,6 +153,42 @@ fn stop_cluster(dir: &std::path::Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `/metrics` speaks Prometheus: requests by route template and status,
+/// commands by outcome, events appended, group-commit batch sizes, pool and
+/// projection gauges.
+#[tokio::test]
+async fn metrics_are_exposed_in_prometheus_format() {
+    let app = TestApp::spawn().await;
+    app.acme_with(100).await;
+    app.post("/v1/transfer/bulk", &bulk(vec![transfer("0.50")])).await;
+    app.post("/v1/transfer/bulk", &bulk(vec![transfer("5.00")])).await;
+    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = response.text().await.unwrap();
+    for expected in [
+        r#"ledger_http_requests_total{method="POST",route="/v1/transfer/bulk",status="201"}"#,
+        r#"ledger_http_requests_total{method="POST",route="/v1/transfer/bulk",status="422"}"#,
+        r#"route="/v1/accounts/{iban}/deposits""#,
+        "ledger_http_request_duration_seconds_bucket",
+        r#"ledger_commands_total{command="TransferBulk",outcome="accepted"}"#,
+        r#"ledger_commands_total{command="TransferBulk",outcome="refused_422"}"#,
+        r#"ledger_events_appended_total{type="BulkTransferRejected"}"#,
+        "ledger_group_commit_batch_commands_bucket",
+        r#"ledger_db_pool_connections{state="in_use"}"#,
+        r#"ledger_projection_lag_events{projection="counterparties"}"#,
+        "ledger_build_info",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in:\n{text}");
+    }
+    assert!(!text.contains(ACME_IBAN), "raw paths never become labels");
+}
+
 #[tokio::test]
 async fn health_and_readiness() {
     let app = TestApp::spawn().await;

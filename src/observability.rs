@@ -1,0 +1,74 @@
+//! Metrics (Prometheus text format at `GET /metrics`) and their names.
+//!
+//! The recorder is process-global; it is installed once, on first use, so
+//! several routers in one process (the tests) share it.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUESTS: &str = "ledger_http_requests_total";
+pub const HTTP_REQUEST_DURATION: &str = "ledger_http_request_duration_seconds";
+pub const COMMANDS: &str = "ledger_commands_total";
+pub const EVENTS_APPENDED: &str = "ledger_events_appended_total";
+pub const BATCH_COMMANDS: &str = "ledger_group_commit_batch_commands";
+pub const PROJECTION_POSITION: &str = "ledger_projection_position";
+pub const PROJECTION_LAG: &str = "ledger_projection_lag_events";
+pub const DB_POOL_CONNECTIONS: &str = "ledger_db_pool_connections";
+pub const BUILD_INFO: &str = "ledger_build_info";
+
+/// Latency buckets from 0.5 ms to 10 s.
+const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+const BATCH_HISTOGRAM_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+/// The process's Prometheus handle, installing the recorder on first call.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_DURATION.to_owned()), LATENCY_BUCKETS_SECONDS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_COMMANDS.to_owned()), BATCH_HISTOGRAM_BUCKETS))
+            .expect("bucket lists are non-empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (a host application);
+        // then our metrics go there and this handle renders only ours.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by method, route template and status");
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        "HTTP request latency by method, route and status"
+    );
+    describe_counter!(COMMANDS, "Commands by command and outcome (accepted, or the refusal)");
+    describe_counter!(EVENTS_APPENDED, "Events appended to the log, by type");
+    describe_histogram!(BATCH_COMMANDS, "Commands per group-commit batch (one append each)");
+    describe_gauge!(PROJECTION_POSITION, "Last log position reflected in each projection");
+    describe_gauge!(PROJECTION_LAG, "Committed events a projection has not applied yet");
+    describe_gauge!(
+        DB_POOL_CONNECTIONS,
+        "Database pool connections by state (in_use, idle, max)"
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; the version label says which build runs");
+}
+
+pub fn record_http(method: &str, route: &str, status: u16, elapsed: Duration) {
+    let labels = [
+        ("method", method.to_owned()),
+        ("route", route.to_owned()),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
+    metrics::histogram!(HTTP_REQUEST_DURATION, &labels).record(elapsed.as_secs_f64());
+}
