@@ -85,6 +85,11 @@ struct Stripe {
     queue: std::sync::Mutex<Vec<Pending>>,
     /// Held by the leader while it decides and appends a batch.
     commit: Arc<tokio::sync::Mutex<()>>,
+    /// The state the last batch on this stripe left its account in, so the
+    /// next batch need not load it. Only the leader (holding `commit`)
+    /// touches it. If another process appended meanwhile, the append's
+    /// expected version fails and the batch reloads.
+    last: std::sync::Mutex<Option<(Iban, Account, StreamHead)>>,
 }
 
 /// Accounts hash onto stripes; each stripe has one queue and one leader at
@@ -110,6 +115,7 @@ impl GroupCommit {
                 .map(|_| Stripe {
                     queue: std::sync::Mutex::new(Vec::new()),
                     commit: Arc::new(tokio::sync::Mutex::new(())),
+                    last: std::sync::Mutex::new(None),
                 })
                 .collect(),
             stats: GroupCommitStats::default(),
@@ -181,14 +187,14 @@ impl GroupCommit {
             }
         }
         for (iban, group) in groups {
-            self.commit_group(&iban, group).await;
+            self.commit_group(index, &iban, group).await;
         }
     }
 
-    async fn commit_group(&self, iban: &Iban, group: Vec<Pending>) {
+    async fn commit_group(&self, index: usize, iban: &Iban, group: Vec<Pending>) {
         let size = group.len() as u64;
         for attempt in 0..APPEND_ATTEMPTS_MAX {
-            match self.try_group(iban, &group).await {
+            match self.try_group(index, iban, &group).await {
                 Ok(outcomes) => {
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
                     self.stats.commands.fetch_add(size, Ordering::Relaxed);
@@ -202,14 +208,16 @@ impl GroupCommit {
                     return;
                 }
                 Err(BatchError::Conflict) => {
+                    self.forget(index);
                     tracing::debug!(%iban, attempt, "version conflict, deciding the batch again");
                     tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(20)))).await;
                 }
                 Err(BatchError::KeyTaken) if group.len() > 1 => {
                     // Another process recorded one of these keys meanwhile:
                     // commit them one by one, so only that one replays.
+                    self.forget(index);
                     for pending in group {
-                        Box::pin(self.commit_group(iban, vec![pending])).await;
+                        Box::pin(self.commit_group(index, iban, vec![pending])).await;
                     }
                     return;
                 }
@@ -232,6 +240,7 @@ impl GroupCommit {
                     return;
                 }
                 Err(BatchError::Failed(error)) => {
+                    self.forget(index);
                     let message = format!("{error:#}");
                     for pending in group {
                         let _ = pending
@@ -253,10 +262,21 @@ impl GroupCommit {
     /// the state in memory, appends all their events in one statement.
     async fn try_group(
         &self,
+        index: usize,
         iban: &Iban,
         group: &[Pending],
     ) -> Result<Vec<Result<CommandResponse, AppError>>, BatchError> {
-        let loaded = load_account(&self.pool, iban).await?;
+        let cached = self.stripes[index]
+            .last
+            .lock()
+            .expect("cache lock")
+            .as_ref()
+            .filter(|(cached, _, _)| cached == iban)
+            .map(|(_, account, head)| (account.clone(), *head));
+        let loaded = match cached {
+            Some(state) => Some(state),
+            None => load_account(&self.pool, iban).await?,
+        };
         let (mut state, head) = match loaded {
             Some((account, head)) => (Some(account), head),
             None => (None, StreamHead::EMPTY),
@@ -336,8 +356,17 @@ impl GroupCommit {
                 replayed: false,
             }));
         }
+        let head = if events.is_empty() {
+            head
+        } else {
+            event_store::append(&self.pool, account_id_for(iban), head, &events, Utc::now(), &records)
+                .await?
+                .head
+        };
+        if let Some(account) = &state {
+            *self.stripes[index].last.lock().expect("cache lock") = Some((iban.clone(), account.clone(), head));
+        }
         if !events.is_empty() {
-            event_store::append(&self.pool, account_id_for(iban), head, &events, Utc::now(), &records).await?;
             for new in &events {
                 metrics::counter!(observability::EVENTS_APPENDED, "type" => new.event.event_type()).increment(1);
             }
@@ -359,6 +388,13 @@ impl GroupCommit {
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Err(AppError::Internal(anyhow::anyhow!("command left undecided")))))
             .collect())
+    }
+}
+
+impl GroupCommit {
+    /// Drops the stripe's cached state: the next batch loads it afresh.
+    fn forget(&self, index: usize) {
+        *self.stripes[index].last.lock().expect("cache lock") = None;
     }
 }
 

@@ -304,12 +304,7 @@ impl Ledger {
     where
         F: Fn(Option<&Account>, &[Event]) -> Result<(u16, String), AppError> + Send + Sync + 'static,
     {
-        // A repeat of a recorded request is answered without queueing.
-        if let Some((key, hash)) = &ctx.idempotency
-            && let Some(recorded) = idempotency::lookup(&self.pool, key).await?
-        {
-            return group_commit::replay(&recorded, hash);
-        }
+        // Idempotency keys are looked up by the batch, all at once.
         self.group_commit
             .submit(ctx.clone(), iban.clone(), command, Box::new(render))
             .await
