@@ -193,8 +193,13 @@ impl GroupCommit {
 
     async fn commit_group(&self, index: usize, iban: &Iban, group: Vec<Pending>) {
         let size = group.len() as u64;
+        // Keys are first assumed new: the append's unique key on
+        // idempotency_keys catches a repeat, and only then is the batch
+        // decided again with its keys looked up. The common case costs one
+        // statement per batch.
+        let mut look_up_keys = false;
         for attempt in 0..APPEND_ATTEMPTS_MAX {
-            match self.try_group(index, iban, &group).await {
+            match self.try_group(index, iban, &group, look_up_keys).await {
                 Ok(outcomes) => {
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
                     self.stats.commands.fetch_add(size, Ordering::Relaxed);
@@ -212,6 +217,7 @@ impl GroupCommit {
                     tracing::debug!(%iban, attempt, "version conflict, deciding the batch again");
                     tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(20)))).await;
                 }
+                Err(BatchError::KeyTaken) if !look_up_keys => look_up_keys = true,
                 Err(BatchError::KeyTaken) if group.len() > 1 => {
                     // Another process recorded one of these keys meanwhile:
                     // commit them one by one, so only that one replays.
@@ -265,6 +271,7 @@ impl GroupCommit {
         index: usize,
         iban: &Iban,
         group: &[Pending],
+        look_up_keys: bool,
     ) -> Result<Vec<Result<CommandResponse, AppError>>, BatchError> {
         let cached = self.stripes[index]
             .last
@@ -285,7 +292,7 @@ impl GroupCommit {
             .iter()
             .filter_map(|p| p.ctx.idempotency.as_ref().map(|(key, _)| key.as_str().to_owned()))
             .collect();
-        let recorded = if keys.is_empty() {
+        let recorded = if keys.is_empty() || !look_up_keys {
             HashMap::new()
         } else {
             idempotency::lookup_many(&self.pool, &keys)
