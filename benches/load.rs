@@ -374,6 +374,7 @@ async fn run_ledger(
             .collect();
 
         settle(postgres, scenario.name, notes).await;
+        let batches_before = batch_totals(server.address).await;
         progress(scenario.name, config.timing);
         let sampler = RssSampler::start(server.pid());
         let cpu_before = cpu::Sample::take(Some(server.pid()), postgres.postmaster_pid());
@@ -387,6 +388,19 @@ async fn run_ledger(
                 scenario.name,
                 server::log_tail(&server.log, 30)
             );
+        }
+        if let (Some((sum_before, count_before, seconds_before)), Some((sum, count, seconds))) =
+            (batches_before, batch_totals(server.address).await)
+            && count > count_before
+        {
+            notes.push(format!(
+                "group commit, {}: {} batches, {:.1} commands and {:.2} ms (decide + append) per batch on average, \
+                 warm-up included",
+                scenario.name,
+                thousands(count - count_before),
+                (sum - sum_before) / (count - count_before),
+                (seconds - seconds_before) * 1000.0 / (count - count_before)
+            ));
         }
         if let Load::Open { .. } = scenario.load {
             notes.push(format!(
@@ -424,6 +438,30 @@ async fn run_ledger(
         notes.push(note);
     }
     Ok(())
+}
+
+/// The server's group-commit batch histogram totals, `(sum, count)`, read
+/// from `/metrics` (plain HTTP/1.0 keeps this independent of the workers).
+async fn batch_totals(address: std::net::SocketAddr) -> Option<(f64, f64, f64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .await
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.ok()?;
+    let value = |name: &str| {
+        text.lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    Some((
+        value("ledger_group_commit_batch_commands_sum").unwrap_or(0.0),
+        value("ledger_group_commit_batch_commands_count").unwrap_or(0.0),
+        value("ledger_group_commit_batch_duration_seconds_sum").unwrap_or(0.0),
+    ))
 }
 
 async fn run_baselines(

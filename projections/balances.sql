@@ -28,8 +28,13 @@ CREATE TABLE IF NOT EXISTS balances (
 -- Applies a batch of events (any streams, each stream's events in version
 -- order, no event twice). Set-based, so the same function serves the inline
 -- path (one command's events) and a rebuild (a range of the log).
+-- PL/pgSQL rather than SQL: its statements are planned once per session and
+-- reused, where a SQL function would be planned again at every append.
 CREATE OR REPLACE FUNCTION projection_balances_apply(batch events[]) RETURNS bigint
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+DECLARE
+    streams_updated bigint;
+BEGIN
     INSERT INTO balances (account_id, organization_name, iban, bic, currency,
                           balance_cents, version, last_position, opened_at, updated_at)
     SELECT e.stream_id, e.data->>'organization_name', e.data->>'iban', e.data->>'bic',
@@ -57,5 +62,7 @@ LANGUAGE sql AS $$
         WHERE b.account_id = s.stream_id
         RETURNING 1
     )
-    SELECT count(*) FROM updated;
+    SELECT count(*) INTO streams_updated FROM updated;
+    RETURN streams_updated;
+END;
 $$;

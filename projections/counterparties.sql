@@ -22,8 +22,12 @@ CREATE TABLE IF NOT EXISTS counterparties (
     PRIMARY KEY (account_id, counterparty_iban)
 );
 
+-- PL/pgSQL: planned once per session, not at every call.
 CREATE OR REPLACE FUNCTION projection_counterparties_apply(batch events[]) RETURNS bigint
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+DECLARE
+    rows_written bigint;
+BEGIN
     WITH paid AS (
         SELECT e.stream_id AS account_id,
                t.item->>'counterparty_iban' AS counterparty_iban,
@@ -57,5 +61,7 @@ LANGUAGE sql AS $$
             last_paid_at = excluded.last_paid_at
         RETURNING 1
     )
-    SELECT count(*) FROM upserted;
+    SELECT count(*) INTO rows_written FROM upserted;
+    RETURN rows_written;
+END;
 $$;

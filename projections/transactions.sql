@@ -29,8 +29,12 @@ CREATE TABLE IF NOT EXISTS transactions (
     PRIMARY KEY (account_id, position, seq)
 );
 
+-- PL/pgSQL: planned once per session, not at every call.
 CREATE OR REPLACE FUNCTION projection_transactions_apply(batch events[]) RETURNS bigint
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+DECLARE
+    rows_written bigint;
+BEGIN
     -- Per-event values are read once per event (MATERIALIZED): reading them
     -- from the event's whole payload for every transfer row would parse a
     -- large bulk's JSON once per transfer.
@@ -67,5 +71,7 @@ LANGUAGE sql AS $$
         ) AS t
         RETURNING 1
     )
-    SELECT count(*) FROM inserted;
+    SELECT count(*) INTO rows_written FROM inserted;
+    RETURN rows_written;
+END;
 $$;

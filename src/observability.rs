@@ -13,6 +13,7 @@ pub const HTTP_REQUEST_DURATION: &str = "ledger_http_request_duration_seconds";
 pub const COMMANDS: &str = "ledger_commands_total";
 pub const EVENTS_APPENDED: &str = "ledger_events_appended_total";
 pub const BATCH_COMMANDS: &str = "ledger_group_commit_batch_commands";
+pub const BATCH_DURATION: &str = "ledger_group_commit_batch_duration_seconds";
 pub const PROJECTION_POSITION: &str = "ledger_projection_position";
 pub const PROJECTION_LAG: &str = "ledger_projection_lag_events";
 pub const DB_POOL_CONNECTIONS: &str = "ledger_db_pool_connections";
@@ -31,6 +32,7 @@ pub fn prometheus() -> &'static PrometheusHandle {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_DURATION.to_owned()), LATENCY_BUCKETS_SECONDS)
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_COMMANDS.to_owned()), BATCH_HISTOGRAM_BUCKETS))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_DURATION.to_owned()), LATENCY_BUCKETS_SECONDS))
             .expect("bucket lists are non-empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -54,6 +56,11 @@ fn describe() {
     describe_counter!(COMMANDS, "Commands by command and outcome (accepted, or the refusal)");
     describe_counter!(EVENTS_APPENDED, "Events appended to the log, by type");
     describe_histogram!(BATCH_COMMANDS, "Commands per group-commit batch (one append each)");
+    describe_histogram!(
+        BATCH_DURATION,
+        Unit::Seconds,
+        "Time to decide and append one group-commit batch"
+    );
     describe_gauge!(PROJECTION_POSITION, "Last log position reflected in each projection");
     describe_gauge!(PROJECTION_LAG, "Committed events a projection has not applied yet");
     describe_gauge!(

@@ -41,8 +41,10 @@ pub(crate) type Render = Box<dyn Fn(Option<&Account>, &[Event]) -> Result<(u16, 
 pub struct GroupCommitSettings {
     /// Most commands decided and appended together.
     pub batch_commands_max: usize,
-    /// How long a leader waits for more commands before deciding; zero
-    /// means batches form only from what queued during the previous append.
+    /// How long a leader waits for more commands before deciding, when the
+    /// account is contended (its previous batch held more than one command).
+    /// Callers answered by the previous batch then make it into this one,
+    /// instead of every other batch. A lone command never waits.
     pub batch_wait: Duration,
 }
 
@@ -50,7 +52,7 @@ impl Default for GroupCommitSettings {
     fn default() -> GroupCommitSettings {
         GroupCommitSettings {
             batch_commands_max: 256,
-            batch_wait: Duration::ZERO,
+            batch_wait: Duration::from_micros(500),
         }
     }
 }
@@ -90,6 +92,8 @@ struct Stripe {
     /// touches it. If another process appended meanwhile, the append's
     /// expected version fails and the batch reloads.
     last: std::sync::Mutex<Option<(Iban, Account, StreamHead)>>,
+    /// Whether the previous batch held more than one command.
+    contended: std::sync::atomic::AtomicBool,
 }
 
 /// Accounts hash onto stripes; each stripe has one queue and one leader at
@@ -116,6 +120,7 @@ impl GroupCommit {
                     queue: std::sync::Mutex::new(Vec::new()),
                     commit: Arc::new(tokio::sync::Mutex::new(())),
                     last: std::sync::Mutex::new(None),
+                    contended: std::sync::atomic::AtomicBool::new(false),
                 })
                 .collect(),
             stats: GroupCommitStats::default(),
@@ -167,17 +172,19 @@ impl GroupCommit {
 
     /// Takes the stripe's queued commands and commits them, account by account.
     async fn lead(&self, index: usize) {
-        if !self.settings.batch_wait.is_zero() {
-            let queued = self.stripes[index].queue.lock().expect("queue lock").len();
+        let stripe = &self.stripes[index];
+        if !self.settings.batch_wait.is_zero() && stripe.contended.load(Ordering::Relaxed) {
+            let queued = stripe.queue.lock().expect("queue lock").len();
             if queued < self.settings.batch_commands_max {
                 tokio::time::sleep(self.settings.batch_wait).await;
             }
         }
         let batch: Vec<Pending> = {
-            let mut queue = self.stripes[index].queue.lock().expect("queue lock");
+            let mut queue = stripe.queue.lock().expect("queue lock");
             let take = queue.len().min(self.settings.batch_commands_max);
             queue.drain(..take).collect()
         };
+        stripe.contended.store(batch.len() > 1, Ordering::Relaxed);
         // Keep each account's commands in arrival order.
         let mut groups: Vec<(Iban, Vec<Pending>)> = Vec::new();
         for pending in batch {
@@ -199,8 +206,10 @@ impl GroupCommit {
         // statement per batch.
         let mut look_up_keys = false;
         for attempt in 0..APPEND_ATTEMPTS_MAX {
+            let started = std::time::Instant::now();
             match self.try_group(index, iban, &group, look_up_keys).await {
                 Ok(outcomes) => {
+                    metrics::histogram!(observability::BATCH_DURATION).record(started.elapsed().as_secs_f64());
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
                     self.stats.commands.fetch_add(size, Ordering::Relaxed);
                     self.stats.batch_commands_max_seen.fetch_max(size, Ordering::Relaxed);

@@ -122,8 +122,9 @@ struct ServeArgs {
     #[arg(long, env = "LEDGER_BATCH_COMMANDS_MAX", default_value_t = GroupCommitSettings::default().batch_commands_max,
           value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
     batch_commands_max: usize,
-    /// Microseconds a batch leader waits for more commands (0: batch only what queued meanwhile).
-    #[arg(long, env = "LEDGER_BATCH_WAIT_US", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    /// Microseconds a batch leader on a contended account waits for more commands (0: never wait).
+    #[arg(long, env = "LEDGER_BATCH_WAIT_US", default_value_t = GroupCommitSettings::default().batch_wait.as_micros() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     batch_wait_us: u64,
 }
 
