@@ -14,7 +14,7 @@ use crate::domain::{self, Account, Event};
 use crate::event_store::{self, StoredEvent, hash::GENESIS};
 
 /// One disagreement, located in the log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Difference {
     pub account_id: Uuid,
     pub iban: Option<String>,
@@ -24,7 +24,7 @@ pub struct Difference {
 }
 
 /// The audit of one stream.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StreamAudit {
     pub account_id: Uuid,
     pub iban: Option<String>,

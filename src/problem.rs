@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 /// One invalid input, named by its JSON path (`credit_transfers[2].amount`),
 /// query parameter or header.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -23,7 +23,7 @@ impl FieldError {
 /// A client-visible failure. Only 4xx and 503 problems are built from
 /// domain outcomes; a 500 is built by the HTTP layer from an operational
 /// error, which is logged and never echoed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,
@@ -34,6 +34,7 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
     /// Extension members specific to the problem type (e.g. `requested_cents`).
     #[serde(flatten)]
+    #[schema(value_type = Object)]
     pub extensions: Map<String, Value>,
 }
 

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::domain::{Account, Currency, format_amount};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AccountView {
     pub account_id: Uuid,
     pub organization_name: String,
@@ -37,7 +37,7 @@ impl AccountView {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DepositView {
     pub transaction_id: Uuid,
     pub account_id: Uuid,
@@ -51,7 +51,7 @@ pub struct DepositView {
     pub version: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BulkTransferView {
     pub bulk_id: Uuid,
     pub account_id: Uuid,
@@ -66,7 +66,7 @@ pub struct BulkTransferView {
     pub version: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TransactionView {
     pub transaction_id: Uuid,
     pub kind: String,
@@ -84,7 +84,7 @@ pub struct TransactionView {
     pub position: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TransactionPage {
     pub items: Vec<TransactionView>,
     pub next_cursor: Option<String>,
@@ -99,7 +99,7 @@ pub fn amount_text(minor: i64, currency: &str) -> String {
 }
 
 /// The balance at a point of the log, replayed from the events.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PointInTimeView {
     pub account_id: Uuid,
     pub iban: String,
@@ -115,7 +115,7 @@ pub struct PointInTimeView {
     pub events: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FeedEventView {
     pub position: i64,
     pub stream_id: Uuid,
@@ -123,12 +123,14 @@ pub struct FeedEventView {
     #[serde(rename = "type")]
     pub event_type: String,
     pub schema_version: i32,
+    #[schema(value_type = Object)]
     pub data: serde_json::Value,
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     pub recorded_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FeedPage {
     pub events: Vec<FeedEventView>,
     pub next_after: String,

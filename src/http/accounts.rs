@@ -9,8 +9,26 @@ use bytes::Bytes;
 
 use super::{ApiError, AppState, QueryMap, command_input, command_response, ok_json, query_map};
 use crate::app::requests::{parse_deposit, parse_open_account};
+use crate::app::views::{AccountView, DepositView, PointInTimeView, TransactionPage};
+use crate::audit::StreamAudit;
+use crate::http::openapi::{DepositBody, OpenAccountBody};
 use crate::problem::Problem;
 
+/// Open an account.
+#[utoipa::path(
+    post, path = "/v1/accounts", tag = "commands",
+    request_body = OpenAccountBody,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters; a repeat with the same body replays the first response (with Idempotent-Replayed: true), another body is a 409")
+    ),
+    responses(
+        (status = 201, description = "Opened", body = AccountView),
+        (status = 400, description = "Invalid field (named in `errors`)", content_type = "application/problem+json", body = Problem),
+        (status = 409, description = "An account with this IBAN exists, or the idempotency key was used with another body", content_type = "application/problem+json", body = Problem),
+        (status = 413, description = "Body over the limit", content_type = "application/problem+json", body = Problem),
+        (status = 415, description = "Body is not JSON", content_type = "application/problem+json", body = Problem),
+    )
+)]
 pub async fn open(
     State(ledger): State<AppState>,
     method: Method,
@@ -23,6 +41,22 @@ pub async fn open(
     Ok(command_response(ledger.open_account(&input.context, request).await?))
 }
 
+/// Credit an account.
+#[utoipa::path(
+    post, path = "/v1/accounts/{iban}/deposits", tag = "commands",
+    request_body = DepositBody,
+    params(
+        ("iban" = String, Path, description = "The account's IBAN (spaces and lower case tolerated)", example = "DE89370400440532013000"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters; a repeat with the same body replays the first response (with Idempotent-Replayed: true), another body is a 409")
+    ),
+    responses(
+        (status = 201, description = "Deposited; the new balance", body = DepositView),
+        (status = 400, description = "Invalid field (named in `errors`)", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "No such account", content_type = "application/problem+json", body = Problem),
+        (status = 409, description = "Idempotency key used with another body", content_type = "application/problem+json", body = Problem),
+        (status = 422, description = "Currency differs from the account's", content_type = "application/problem+json", body = Problem),
+    )
+)]
 pub async fn deposit(
     State(ledger): State<AppState>,
     Path(iban): Path<String>,
@@ -37,11 +71,37 @@ pub async fn deposit(
     Ok(command_response(ledger.deposit(&input.context, &iban, request).await?))
 }
 
+/// The account and its balance (from the balances projection).
+#[utoipa::path(
+    get, path = "/v1/accounts/{iban}", tag = "queries",
+    params(
+        ("iban" = String, Path, description = "The account's IBAN (spaces and lower case tolerated)", example = "DE89370400440532013000")
+    ),
+    responses(
+        (status = 200, description = "The account", body = AccountView),
+        (status = 400, description = "Malformed IBAN", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "No such account", content_type = "application/problem+json", body = Problem),
+    )
+)]
 pub async fn get(State(ledger): State<AppState>, Path(iban): Path<String>) -> Result<Response, ApiError> {
     let iban = ledger.lookup_iban(&iban, "iban")?;
     Ok(ok_json(&ledger.account(&iban).await?))
 }
 
+/// The account's history, newest first.
+#[utoipa::path(
+    get, path = "/v1/accounts/{iban}/transactions", tag = "queries",
+    params(
+        ("iban" = String, Path, description = "The account's IBAN (spaces and lower case tolerated)", example = "DE89370400440532013000"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 1,000 (default 50)"),
+        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page")
+    ),
+    responses(
+        (status = 200, description = "A page of history", body = TransactionPage),
+        (status = 400, description = "Bad limit or cursor", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "No such account", content_type = "application/problem+json", body = Problem),
+    )
+)]
 pub async fn transactions(
     State(ledger): State<AppState>,
     Path(iban): Path<String>,
@@ -59,6 +119,20 @@ pub async fn transactions(
     Ok(ok_json(&page))
 }
 
+/// The balance at a past time or position, replayed from the log.
+#[utoipa::path(
+    get, path = "/v1/accounts/{iban}/balance", tag = "queries",
+    params(
+        ("iban" = String, Path, description = "The account's IBAN (spaces and lower case tolerated)", example = "DE89370400440532013000"),
+        ("as_of" = Option<String>, Query, description = "RFC 3339 time", example = "2026-11-24T12:00:00Z"),
+        ("position" = Option<i64>, Query, description = "Global log position (give as_of or position)")
+    ),
+    responses(
+        (status = 200, description = "The replayed balance", body = PointInTimeView),
+        (status = 400, description = "Neither or both of as_of and position, or malformed", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "No such account at that point", content_type = "application/problem+json", body = Problem),
+    )
+)]
 pub async fn balance_at(
     State(ledger): State<AppState>,
     Path(iban): Path<String>,
@@ -76,6 +150,17 @@ pub async fn balance_at(
     Ok(ok_json(&view))
 }
 
+/// Replay the account's stream, verify its hash chain, compare with the projections.
+#[utoipa::path(
+    get, path = "/v1/accounts/{iban}/audit", tag = "queries",
+    params(
+        ("iban" = String, Path, description = "The account's IBAN (spaces and lower case tolerated)", example = "DE89370400440532013000")
+    ),
+    responses(
+        (status = 200, description = "The audit; `consistent` and `chain_valid` say whether all agree", body = StreamAudit),
+        (status = 404, description = "No such account", content_type = "application/problem+json", body = Problem),
+    )
+)]
 pub async fn audit(State(ledger): State<AppState>, Path(iban): Path<String>) -> Result<Response, ApiError> {
     let iban = ledger.lookup_iban(&iban, "iban")?;
     Ok(ok_json(&ledger.audit(&iban).await?))

@@ -6,6 +6,7 @@
 mod accounts;
 mod errors;
 mod events;
+pub mod openapi;
 mod transfers;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use bytes::Bytes;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
 
 use crate::app::idempotency::{IdempotencyKey, request_hash};
 use crate::app::{CommandContext, CommandResponse, Ledger};
@@ -49,6 +51,7 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -85,6 +88,10 @@ async fn track_requests(request: axum::extract::Request, next: axum::middleware:
 
 /// Prometheus text format. Pool and projection gauges are sampled here, at
 /// scrape time.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String))
+)]
 async fn metrics(State(ledger): State<AppState>) -> Response {
     use crate::observability::{DB_POOL_CONNECTIONS, PROJECTION_LAG, PROJECTION_POSITION, prometheus};
     let handle = prometheus();
@@ -116,10 +123,20 @@ async fn metrics(State(ledger): State<AppState>) -> Response {
         .into_response()
 }
 
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Up")))]
 async fn healthz() -> Response {
     json_response(StatusCode::OK, r#"{"status":"ok"}"#.to_owned())
 }
 
+/// The database answers and every migration is applied.
+#[utoipa::path(
+    get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready"),
+        (status = 503, description = "Database unreachable or not migrated", content_type = "application/problem+json", body = Problem),
+    )
+)]
 async fn readyz(State(ledger): State<AppState>) -> Response {
     match crate::db::ready(ledger.pool()).await {
         Ok(()) => json_response(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),

@@ -8,8 +8,26 @@ use bytes::Bytes;
 
 use super::{ApiError, AppState, command_input, command_response};
 use crate::app::requests::parse_bulk_transfer;
+use crate::app::views::BulkTransferView;
+use crate::http::openapi::BulkTransferBody;
 use crate::problem::Problem;
 
+/// Book a bulk of SEPA credit transfers from one account: all or nothing.
+#[utoipa::path(
+    post, path = "/v1/transfer/bulk", tag = "commands",
+    request_body = BulkTransferBody,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters; a repeat with the same body replays the first response (with Idempotent-Replayed: true), another body is a 409")
+    ),
+    responses(
+        (status = 201, description = "Every transfer booked; the account debited by the total", body = BulkTransferView),
+        (status = 400, description = "Invalid field, by JSON path (`credit_transfers[2].amount`)", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "No account with that IBAN, or its organization name / BIC differ", content_type = "application/problem+json", body = Problem),
+        (status = 409, description = "Idempotency key used with another body", content_type = "application/problem+json", body = Problem),
+        (status = 413, description = "Body over the limit", content_type = "application/problem+json", body = Problem),
+        (status = 422, description = "Insufficient funds (`requested_cents`, `available_cents`; recorded, nothing booked) or a currency differing from the account's", content_type = "application/problem+json", body = Problem),
+    )
+)]
 pub async fn bulk(
     State(ledger): State<AppState>,
     method: Method,

@@ -1,0 +1,92 @@
+//! The OpenAPI document and the interactive docs.
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// `/openapi.json` is OpenAPI 3.1 and every route it lists is served (not
+/// answered by the fallback).
+#[tokio::test]
+async fn the_openapi_document_lists_served_routes() {
+    let app = TestApp::spawn_with(ledger::app::Settings::default()).await;
+    let (status, spec) = app.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
+    let paths = spec["paths"].as_object().unwrap();
+    assert_eq!(paths.len(), 11, "{:?}", paths.keys());
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            let concrete = path.replace("{iban}", "DE89370400440532013000");
+            let request = app
+                .client
+                .request(method.to_uppercase().parse().unwrap(), app.url(&concrete));
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap_or_default();
+            assert!(
+                status != 405 && !body.contains("no such route"),
+                "{method} {path} is not served: {status} {body}"
+            );
+        }
+    }
+    // The bulk endpoint documents its statuses and the idempotency header.
+    let bulk = &spec["paths"]["/v1/transfer/bulk"]["post"];
+    for status in ["201", "400", "404", "409", "413", "422"] {
+        assert!(bulk["responses"][status].is_object(), "bulk documents {status}");
+    }
+    assert!(
+        bulk["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "Idempotency-Key")
+    );
+}
+
+/// The request examples in the document are accepted by the API as they are.
+#[tokio::test]
+async fn the_documented_examples_are_accepted() {
+    let app = TestApp::spawn_with(ledger::app::Settings::default()).await;
+    let (_, spec) = app.get("/openapi.json").await;
+    let example = |schema: &str| -> Value { spec["components"]["schemas"][schema]["example"].clone() };
+    let (status, account) = app.post("/v1/accounts", &example("OpenAccountBody")).await;
+    assert_eq!(status, 201, "{account}");
+    let iban = account["iban"].as_str().unwrap().to_owned();
+    let (status, body) = app
+        .post(&format!("/v1/accounts/{iban}/deposits"), &example("DepositBody"))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = app.post("/v1/transfer/bulk", &example("BulkTransferBody")).await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// `/docs` is Swagger UI served from the binary: no asset comes from a CDN.
+#[tokio::test]
+async fn the_docs_page_is_self_contained() {
+    let app = TestApp::spawn().await;
+    let response = app.client.get(app.url("/docs/")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let page = response.text().await.unwrap();
+    assert!(page.contains("swagger-ui"), "{page}");
+    for attribute in ["src=\"http", "href=\"http", "src='http", "href='http"] {
+        assert!(!page.contains(attribute), "external asset in /docs: {page}");
+    }
+    for asset in [
+        "/docs/swagger-ui.css",
+        "/docs/swagger-ui-bundle.js",
+        "/docs/swagger-initializer.js",
+    ] {
+        let response = app.client.get(app.url(asset)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{asset}");
+    }
+    let initializer = app
+        .client
+        .get(app.url("/docs/swagger-initializer.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(initializer.contains("/openapi.json"), "{initializer}");
+}
