@@ -160,6 +160,14 @@ enum AccountsCommand {
 
 /// Exit codes: 0 done, 1 refused by the ledger (a 4xx outcome), 2 error.
 pub fn main() -> ExitCode {
+    // Settings from a `.env` file in the working directory, when present;
+    // the real environment wins over it.
+    if let Err(error) = dotenvy::dotenv()
+        && !error.not_found()
+    {
+        eprintln!("ledger: cannot read .env: {error}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

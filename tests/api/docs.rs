@@ -90,3 +90,70 @@ async fn the_docs_page_is_self_contained() {
         .unwrap();
     assert!(initializer.contains("/openapi.json"), "{initializer}");
 }
+
+/// In a real headless Chromium, `/docs` renders every operation, offline.
+/// Needs Debian's `chromium`; runs when LEDGER_BROWSER_TESTS=1 (as `.ci/run`
+/// sets it after installing the browser), so that `cargo test` on a machine
+/// with only Rust and PostgreSQL still passes.
+#[tokio::test]
+async fn the_docs_render_every_operation_in_headless_chromium() {
+    if std::env::var("LEDGER_BROWSER_TESTS").as_deref() != Ok("1") {
+        eprintln!("browser test not run: set LEDGER_BROWSER_TESTS=1 (needs chromium)");
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let profile = std::env::temp_dir().join(format!("ledger-chromium-{}", uuid::Uuid::new_v4().simple()));
+    let screenshot = profile.with_extension("png");
+    let (profile_dir, base) = (profile.clone(), app.base.clone());
+    let chromium = move |extra: &[String]| {
+        let mut command = std::process::Command::new("chromium");
+        command.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=10000",
+        ]);
+        command.arg(format!("--user-data-dir={}", profile_dir.display()));
+        command.args(extra);
+        command.arg(format!("{base}/docs/"));
+        command
+    };
+    let (dom, shot) = tokio::task::spawn_blocking({
+        let screenshot = screenshot.clone();
+        move || {
+            let dom = chromium(&["--dump-dom".to_owned()])
+                .output()
+                .expect("run chromium (apt-get install chromium)");
+            let shot = chromium(&[
+                "--window-size=1280,1600".to_owned(),
+                format!("--screenshot={}", screenshot.display()),
+            ])
+            .output()
+            .expect("run chromium");
+            (dom, shot)
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        dom.status.success() && shot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    for (_, path) in ledger::http::openapi::ROUTES {
+        assert!(
+            dom.contains(&format!("data-path=\"{path}\"")),
+            "{path} not rendered by Swagger UI"
+        );
+    }
+    let png = std::fs::metadata(&screenshot).expect("a screenshot");
+    assert!(png.len() > 10_000, "the screenshot is not blank");
+    let _ = std::fs::remove_file(&screenshot);
+    let _ = std::fs::remove_dir_all(&profile);
+}
