@@ -315,7 +315,7 @@ pub async fn read_feed<'e, E: sqlx::PgExecutor<'e>>(
                 tx_id::text::bigint AS tx \
          FROM events \
          WHERE (tx_id, position) > ($1::text::xid8, $2) \
-           AND tx_id < events_horizon() \
+           AND tx_id < (SELECT events_horizon()) \
          ORDER BY tx_id, position \
          LIMIT $3",
     )

@@ -1,0 +1,552 @@
+//! How fast does `ledger::projections::rebuild` replay the log, compared with
+//! simply reading the log out of PostgreSQL?
+//!
+//! `cargo bench --bench rebuild` (events: `LEDGER_BENCH_EVENTS`, default
+//! 1,000,000). The program prints figures; it never passes or fails on
+//! timing. It exits non-zero only when the rebuilt projections are wrong,
+//! which is a correctness bug, not a slow run.
+//!
+//! 1. A fresh database: `bench_rebuild_<random>` on the `DATABASE_URL`
+//!    server (dropped at the end), or a throw-away cluster (`fsync=off`).
+//! 2. A log of valid domain events generated inside PostgreSQL with
+//!    `INSERT ... SELECT ... FROM generate_series(...)`: going through the
+//!    API would take hours. Balances are computed in closed form so every
+//!    recorded `balance_after_cents` matches the domain fold.
+//! 3. COPY of the whole log to the client (the floor: what reading the log
+//!    costs) against `rebuild` (reading it and building every projection),
+//!    each run twice.
+//! 4. Sanity checks on the rebuilt projections against closed-form
+//!    expectations, plus an audit of a few streams with the domain fold.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use futures::StreamExt;
+use ledger::db::PoolSettings;
+use ledger::pg::Cluster;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, PgPool};
+
+/// Events per stream (account), the version-1 `AccountOpened` included.
+const EVENTS_PER_ACCOUNT: i64 = 100;
+/// Accounts generated per INSERT statement: 100,000 rows, a few tens of MB
+/// of work memory, whatever the total size.
+const ACCOUNTS_PER_CHUNK: i64 = 1_000;
+/// What each deposit-then-bulk cycle leaves on the account. A bulk spends
+/// the deposit just made minus this, so balances only grow and never go
+/// negative, and the balance after any event has a closed form.
+const KEPT_CENTS: i64 = 1_000;
+/// Streams audited with the domain fold after the rebuild.
+const AUDITED_ACCOUNTS: usize = 5;
+
+// The amounts, as functions of the account number `a` (1-based) and the
+// deposit/bulk cycle `j` (1-based). The SQL below spells out the very same
+// formulas; the Rust ones give the expected totals independently of what
+// PostgreSQL stored.
+
+/// Cents deposited by the `j`-th deposit of account `a` (event version 2j).
+fn deposit_cents(a: i64, j: i64) -> i64 {
+    100_000 + ((a * 31 + j * 17) % 1_000) * 100
+}
+
+/// Transfers in the `j`-th bulk of account `a` (event version 2j + 1): 1 to 3.
+fn transfers_in_bulk(a: i64, j: i64) -> i64 {
+    1 + (a + j) % 3
+}
+
+/// Generates the events of accounts `$1..=$2`, `$3` events each, in one
+/// statement. Within the chunk the log is ordered by version, then account,
+/// so streams interleave the way a busy ledger's do (a batch of the rebuild
+/// touches many accounts, each a few times) rather than lying end to end.
+///
+/// Event version `v` of account `a`:
+/// - `v = 1`: `AccountOpened`
+/// - `v = 2j`: `FundsDeposited` of `deposit_cents(a, j)`; balance after:
+///   `(j - 1) * KEPT + deposit`
+/// - `v = 2j + 1`: `BulkTransferBooked` spending `deposit - KEPT` over
+///   `transfers_in_bulk(a, j)` transfers (the first takes the remainder of
+///   the split); balance after: `j * KEPT`
+///
+/// `$4` is the chunk's first event number (for `recorded_at`, one second
+/// apart, increasing with position) and `$5` is `KEPT_CENTS`.
+///
+/// The stream ids come from a MATERIALIZED CTE: `gen_random_uuid()` is
+/// volatile, and each account's id must be drawn once, not once per event.
+/// Hashes are 32 zero bytes: the hash chain (audit) is not benchmarked.
+const GENERATE_SQL: &str = r#"
+WITH acct AS MATERIALIZED (
+    SELECT a::bigint AS a, gen_random_uuid() AS id
+    FROM generate_series($1::bigint, $2::bigint) AS a
+), ev AS (
+    SELECT acct.a, acct.id, v.v,
+           v.v / 2 AS j,
+           100000 + ((acct.a * 31 + (v.v / 2) * 17) % 1000) * 100 AS deposit,
+           1 + (acct.a + (v.v - 1) / 2) % 3 AS n
+    FROM acct CROSS JOIN generate_series(1::bigint, $3::bigint) AS v(v)
+)
+INSERT INTO events (stream_id, version, event_type, schema_version, data, metadata, recorded_at, hash)
+SELECT ev.id, ev.v,
+       CASE WHEN ev.v = 1 THEN 'AccountOpened'
+            WHEN ev.v % 2 = 0 THEN 'FundsDeposited'
+            ELSE 'BulkTransferBooked' END,
+       1,
+       CASE
+         WHEN ev.v = 1 THEN jsonb_build_object(
+             'account_id', ev.id,
+             'organization_name', 'Bench Org ' || ev.a,
+             'iban', 'DE' || lpad((ev.a % 100)::text, 2, '0') || lpad(ev.a::text, 18, '0'),
+             'bic', 'BENCDEFFXXX',
+             'currency', 'EUR')
+         WHEN ev.v % 2 = 0 THEN jsonb_build_object(
+             'deposit_id', gen_random_uuid(),
+             'amount_cents', ev.deposit,
+             'currency', 'EUR',
+             'reference', NULL::text,
+             'balance_after_cents', (ev.j - 1) * $5::bigint + ev.deposit)
+         ELSE jsonb_build_object(
+             'bulk_id', gen_random_uuid(),
+             'currency', 'EUR',
+             'total_cents', ev.deposit - $5::bigint,
+             'balance_after_cents', ev.j * $5::bigint,
+             'transfers', (
+                 SELECT jsonb_agg(jsonb_build_object(
+                     'transfer_id', gen_random_uuid(),
+                     'amount_cents', (ev.deposit - $5::bigint) / ev.n
+                                     + CASE WHEN s = 1 THEN (ev.deposit - $5::bigint) % ev.n ELSE 0 END,
+                     'currency', 'EUR',
+                     'counterparty_name', 'Payee ' || c,
+                     'counterparty_iban', 'NL' || lpad((c % 90 + 10)::text, 2, '0') || 'BANK'
+                                          || lpad(c::text, 10, '0'),
+                     'counterparty_bic', 'BANKNL2AXXX',
+                     'description', 'Invoice ' || ev.a || '-' || ev.j || '-' || s) ORDER BY s)
+                 FROM generate_series(1::bigint, ev.n) AS s,
+                      LATERAL (SELECT (ev.a * 7 + ev.j * 3 + s) % 50 AS c) AS payee))
+       END,
+       '{}'::jsonb,
+       timestamptz '2025-01-01 00:00:00+00'
+         + ($4::bigint + (ev.v - 1) * ($2::bigint - $1::bigint + 1) + (ev.a - $1::bigint)) * interval '1 second',
+       decode(repeat('00', 32), 'hex')
+FROM ev
+ORDER BY ev.v, ev.a
+"#;
+
+/// The log read out whole, in position order, as text COPY: every column a
+/// rebuild could need, nothing done with it.
+const COPY_SQL: &str = "COPY (SELECT position, stream_id, version, event_type, schema_version, data, metadata, \
+                        recorded_at, hash FROM events ORDER BY position) TO STDOUT";
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    if let Err(error) = runtime.block_on(bench()) {
+        eprintln!("bench rebuild: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+/// What the log holds, decided before generating it.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    accounts: i64,
+    events_per_account: i64,
+}
+
+impl Shape {
+    fn for_events(requested: i64) -> Shape {
+        let events_per_account = EVENTS_PER_ACCOUNT.min(requested).max(1);
+        Shape {
+            accounts: (requested / events_per_account).max(1),
+            events_per_account,
+        }
+    }
+
+    fn events(&self) -> i64 {
+        self.accounts * self.events_per_account
+    }
+
+    /// Deposits per account: one per even version.
+    fn deposits(&self) -> i64 {
+        self.events_per_account / 2
+    }
+
+    /// Bulks per account: one per odd version from 3.
+    fn bulks(&self) -> i64 {
+        (self.events_per_account - 1) / 2
+    }
+
+    /// Rows the `transactions` projection must hold: one per deposit, one
+    /// per transfer of a bulk.
+    fn expected_transactions(&self) -> i64 {
+        (1..=self.accounts)
+            .map(|a| self.deposits() + (1..=self.bulks()).map(|j| transfers_in_bulk(a, j)).sum::<i64>())
+            .sum()
+    }
+
+    /// Sum of every account's final balance, from the closed form.
+    fn expected_balance_sum(&self) -> i64 {
+        (1..=self.accounts)
+            .map(|a| {
+                let v = self.events_per_account;
+                match v {
+                    1 => 0,
+                    _ if v % 2 == 0 => (v / 2 - 1) * KEPT_CENTS + deposit_cents(a, v / 2),
+                    _ => (v - 1) / 2 * KEPT_CENTS,
+                }
+            })
+            .sum()
+    }
+}
+
+/// Where the benchmark's database lives, and how to get rid of it.
+struct Server {
+    /// Keeps a throw-away cluster alive until the end.
+    cluster: Option<Cluster>,
+    maintenance: PgConnectOptions,
+    description: &'static str,
+}
+
+async fn bench() -> anyhow::Result<()> {
+    let requested: i64 = match std::env::var("LEDGER_BENCH_EVENTS") {
+        Ok(text) => text
+            .replace(['_', ','], "")
+            .parse()
+            .with_context(|| format!("LEDGER_BENCH_EVENTS={text:?} is not a number"))?,
+        Err(_) => 1_000_000,
+    };
+    ensure!(requested > 0, "LEDGER_BENCH_EVENTS must be positive");
+    let shape = Shape::for_events(requested);
+
+    let server = match std::env::var("DATABASE_URL") {
+        Ok(url) => Server {
+            cluster: None,
+            maintenance: PgConnectOptions::from_str(&url).context("DATABASE_URL does not parse")?,
+            description: "DATABASE_URL",
+        },
+        Err(_) => {
+            // Blocking (initdb, pg_ctl): keep it off the runtime's workers.
+            let cluster = tokio::task::spawn_blocking(Cluster::temporary)
+                .await?
+                .context("cannot start a throw-away PostgreSQL cluster (set DATABASE_URL to use a server)")?;
+            Server {
+                maintenance: cluster.connect_options("postgres"),
+                cluster: Some(cluster),
+                description: "throw-away cluster (ledger::pg::Cluster::temporary)",
+            }
+        }
+    };
+
+    let database = format!("bench_rebuild_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let mut admin = server
+        .maintenance
+        .connect()
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    sqlx::query(&format!("CREATE DATABASE {database}"))
+        .execute(&mut admin)
+        .await
+        .with_context(|| format!("cannot create the database {database}"))?;
+    let pool = ledger::db::connect(server.maintenance.clone().database(&database), &PoolSettings::default()).await;
+    // Whatever happens, the database is dropped again.
+    let outcome = match pool {
+        Ok(pool) => {
+            let outcome = run(&pool, &server, &database, requested, shape).await;
+            pool.close().await;
+            outcome
+        }
+        Err(error) => Err(error.into()),
+    };
+    let dropped = sqlx::query(&format!("DROP DATABASE {database}"))
+        .execute(&mut admin)
+        .await;
+    if let Err(error) = dropped {
+        eprintln!("warning: could not drop the database {database}: {error}");
+    }
+    outcome
+}
+
+async fn run(pool: &PgPool, server: &Server, database: &str, requested: i64, shape: Shape) -> anyhow::Result<()> {
+    ledger::db::migrate(pool).await.context("migrations")?;
+
+    println!("ledger rebuild benchmark");
+    println!();
+    print_environment(pool, server, database).await?;
+    if shape.events() != requested {
+        println!(
+            "  note        {} events requested, rounded down to whole accounts",
+            thousands(requested)
+        );
+    }
+    println!(
+        "  log         {} events: {} accounts x {} events (1 opened, {} deposits, {} bulks of 1-3 transfers)",
+        thousands(shape.events()),
+        thousands(shape.accounts),
+        shape.events_per_account,
+        shape.deposits(),
+        shape.bulks()
+    );
+    println!(
+        "              written {} accounts per statement, interleaved by version within each",
+        thousands(ACCOUNTS_PER_CHUNK)
+    );
+
+    let generate = generate(pool, shape).await?;
+    let vacuum_started = Instant::now();
+    // Sets hint bits and the visibility map now, so that neither measured
+    // read pays for the first scan after a bulk load; statistics for the
+    // planner too.
+    sqlx::raw_sql("VACUUM (ANALYZE) events").execute(pool).await?;
+    let vacuum = vacuum_started.elapsed();
+    let table_size: String = sqlx::query_scalar("SELECT pg_size_pretty(pg_total_relation_size('events'))")
+        .fetch_one(pool)
+        .await?;
+    println!(
+        "  generated   in {:.1} s ({} events/s); VACUUM ANALYZE {:.1} s; events table with indexes {table_size}",
+        generate.as_secs_f64(),
+        thousands(per_second(shape.events() as u64, generate)),
+        vacuum.as_secs_f64(),
+    );
+    println!();
+
+    println!(
+        "  {:<12} {:>12} {:>10} {:>12} {:>12}",
+        "run", "events", "seconds", "events/s", "bytes"
+    );
+    let mut copy_best = f64::MAX;
+    for round in 1..=2 {
+        checkpoint(pool).await;
+        let (rows, bytes, took) = copy_out(pool).await?;
+        ensure!(
+            rows == shape.events() as u64,
+            "COPY returned {rows} rows, the log holds {}",
+            shape.events()
+        );
+        copy_best = copy_best.min(took.as_secs_f64());
+        println!(
+            "  {:<12} {:>12} {:>10.2} {:>12} {:>12}",
+            format!("COPY #{round}"),
+            thousands(rows as i64),
+            took.as_secs_f64(),
+            thousands(per_second(rows, took)),
+            thousands(bytes as i64)
+        );
+    }
+    let mut rebuild_best = f64::MAX;
+    for round in 1..=2 {
+        checkpoint(pool).await;
+        let report = ledger::projections::rebuild(pool, &[], |_| {}).await?;
+        ensure!(
+            report.events == shape.events() as u64,
+            "rebuild #{round} applied {} events, the log holds {}",
+            report.events,
+            shape.events()
+        );
+        rebuild_best = rebuild_best.min(report.seconds);
+        println!(
+            "  {:<12} {:>12} {:>10.2} {:>12}   ({})",
+            format!("rebuild #{round}"),
+            thousands(report.events as i64),
+            report.seconds,
+            thousands(per_second(report.events, Duration::from_secs_f64(report.seconds))),
+            report.projections.join(", ")
+        );
+    }
+    let copy_rate = shape.events() as f64 / copy_best;
+    let rebuild_rate = shape.events() as f64 / rebuild_best;
+    println!();
+    println!(
+        "  best        COPY {} events/s, rebuild {} events/s",
+        thousands(copy_rate as i64),
+        thousands(rebuild_rate as i64)
+    );
+    println!(
+        "  ratio       rebuild/COPY = {:.2} (goal >= 1.0)",
+        rebuild_rate / copy_rate
+    );
+    println!();
+
+    sanity_check(pool, shape).await
+}
+
+async fn print_environment(pool: &PgPool, server: &Server, database: &str) -> anyhow::Result<()> {
+    let version: String = sqlx::query_scalar("SELECT version()").fetch_one(pool).await?;
+    let settings: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, current_setting(name) FROM pg_settings \
+         WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'shared_buffers', 'work_mem', \
+                        'max_wal_size', 'jit') ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await?;
+    let settings: Vec<String> = settings.iter().map(|(name, value)| format!("{name}={value}")).collect();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("  server      {version}");
+    println!("              {} (database {database})", server.description);
+    println!("              {}", settings.join(" "));
+    if server.cluster.is_some() {
+        println!("              note: the throw-away cluster runs with fsync=off (no durability), for tests only");
+    }
+    // Other builds may share the machine: the load average says whether
+    // the figures were taken on a quiet one.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    println!(
+        "  machine     {cpus} CPUs; load average {} at start (bench client and server share them)",
+        load.join(" ")
+    );
+    Ok(())
+}
+
+/// Inserts the log, a chunk of accounts per statement (and transaction).
+async fn generate(pool: &PgPool, shape: Shape) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut first = 1;
+    while first <= shape.accounts {
+        let last = (first + ACCOUNTS_PER_CHUNK - 1).min(shape.accounts);
+        let inserted = sqlx::query(GENERATE_SQL)
+            .bind(first)
+            .bind(last)
+            .bind(shape.events_per_account)
+            .bind((first - 1) * shape.events_per_account)
+            .bind(KEPT_CENTS)
+            .execute(pool)
+            .await
+            .context("generating events")?
+            .rows_affected();
+        ensure!(
+            inserted == ((last - first + 1) * shape.events_per_account) as u64,
+            "generated {inserted} events for accounts {first}..={last}"
+        );
+        first = last + 1;
+    }
+    Ok(started.elapsed())
+}
+
+/// Reads the whole log to the client with COPY: (rows, bytes, time).
+async fn copy_out(pool: &PgPool) -> anyhow::Result<(u64, u64, Duration)> {
+    let mut connection = pool.acquire().await?;
+    let started = Instant::now();
+    let mut stream = connection.copy_out_raw(COPY_SQL).await?;
+    let (mut rows, mut bytes) = (0_u64, 0_u64);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        bytes += chunk.len() as u64;
+        // Text COPY escapes newlines inside values, so each row ends with
+        // exactly one: counting them proves the whole log arrived.
+        rows += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+    Ok((rows, bytes, started.elapsed()))
+}
+
+/// Flushes dirty buffers before a measurement, so that a checkpoint caused
+/// by the previous step does not land inside the next one. Needs superuser
+/// (or pg_checkpoint); without it the run just goes on.
+async fn checkpoint(pool: &PgPool) {
+    let _ = sqlx::raw_sql("CHECKPOINT").execute(pool).await;
+}
+
+/// The rebuilt projections against what the generator wrote. Any mismatch
+/// is a bug (in the rebuild, the projections or this generator).
+async fn sanity_check(pool: &PgPool, shape: Shape) -> anyhow::Result<()> {
+    let (balances, balance_sum): (i64, Option<i64>) =
+        sqlx::query_as("SELECT count(*), sum(balance_cents)::bigint FROM balances")
+            .fetch_one(pool)
+            .await?;
+    let transactions: i64 = sqlx::query_scalar("SELECT count(*) FROM transactions")
+        .fetch_one(pool)
+        .await?;
+    let counterparties: i64 = sqlx::query_scalar("SELECT count(*) FROM counterparties")
+        .fetch_one(pool)
+        .await?;
+    let expected_transactions = shape.expected_transactions();
+    let expected_balance_sum = shape.expected_balance_sum();
+    println!(
+        "  sanity      balances rows {} (expected {})",
+        thousands(balances),
+        thousands(shape.accounts)
+    );
+    println!(
+        "              transactions rows {} (expected {})",
+        thousands(transactions),
+        thousands(expected_transactions)
+    );
+    println!(
+        "              sum of balances {} cents (expected {})",
+        thousands(balance_sum.unwrap_or(0)),
+        thousands(expected_balance_sum)
+    );
+    println!("              counterparties rows {}", thousands(counterparties));
+
+    // A few streams folded by the domain and compared with the projections,
+    // row by row: the generated events must be ones the domain accepts.
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT account_id FROM balances ORDER BY account_id LIMIT $1")
+        .bind(AUDITED_ACCOUNTS as i64)
+        .fetch_all(pool)
+        .await?;
+    let mut audit_problems = Vec::new();
+    for id in &ids {
+        let audit = ledger::audit::audit_stream(pool, *id).await?;
+        // The generator writes placeholder hashes, so the chain is broken by
+        // design; every other difference counts.
+        audit_problems.extend(
+            audit
+                .differences
+                .into_iter()
+                .filter(|d| !d.what.starts_with("hash chain broken"))
+                .map(|d| format!("account {id}: {}", d.what)),
+        );
+    }
+    println!(
+        "              domain fold vs projections on {} streams: {}",
+        ids.len(),
+        if audit_problems.is_empty() {
+            "consistent"
+        } else {
+            "DIFFERENT"
+        }
+    );
+
+    let mut wrong = Vec::new();
+    if balances != shape.accounts {
+        wrong.push(format!("balances has {balances} rows, expected {}", shape.accounts));
+    }
+    if transactions != expected_transactions {
+        wrong.push(format!(
+            "transactions has {transactions} rows, expected {expected_transactions}"
+        ));
+    }
+    if balance_sum.unwrap_or(0) != expected_balance_sum {
+        wrong.push(format!(
+            "balances sum to {balance_sum:?} cents, expected {expected_balance_sum}"
+        ));
+    }
+    wrong.extend(audit_problems.into_iter().take(10));
+    if !wrong.is_empty() {
+        bail!(
+            "the rebuilt projections are wrong (a correctness bug):\n  {}",
+            wrong.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+fn per_second(events: u64, took: Duration) -> i64 {
+    (events as f64 / took.as_secs_f64().max(1e-9)) as i64
+}
+
+/// 1234567 -> "1,234,567".
+fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if n < 0 {
+        out.push('-');
+    }
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
