@@ -109,7 +109,7 @@ async fn run(
         events_total: events_total as u64,
     };
     progress(done);
-    let apply_sql = batch_sql(&schema, selected);
+    let apply_sql = batch_sql(schema, selected);
 
     // Replay and catch up, holding no lock.
     let mut cursor = FeedCursor::START;
