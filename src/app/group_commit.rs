@@ -41,6 +41,10 @@ pub(crate) type Render = Box<dyn Fn(Option<&Account>, &[Event]) -> Result<(u16, 
 pub struct GroupCommitSettings {
     /// Most commands decided and appended together.
     pub batch_commands_max: usize,
+    /// Most transfers in one batch (a bulk counts its transfers, any other
+    /// command one): bounds the memory and the statement size of a batch of
+    /// large bulks. A single bulk above it still forms a batch of its own.
+    pub batch_transfers_max: usize,
     /// How long a leader waits for more commands before deciding, when the
     /// account is contended (its previous batch held more than one command).
     /// Callers answered by the previous batch then make it into this one,
@@ -52,6 +56,7 @@ impl Default for GroupCommitSettings {
     fn default() -> GroupCommitSettings {
         GroupCommitSettings {
             batch_commands_max: 256,
+            batch_transfers_max: 2_000,
             batch_wait: Duration::from_micros(500),
         }
     }
@@ -181,7 +186,15 @@ impl GroupCommit {
         }
         let batch: Vec<Pending> = {
             let mut queue = stripe.queue.lock().expect("queue lock");
-            let take = queue.len().min(self.settings.batch_commands_max);
+            let mut take = 0;
+            let mut transfers = 0;
+            for pending in queue.iter().take(self.settings.batch_commands_max) {
+                transfers += weight(&pending.command);
+                if take > 0 && transfers > self.settings.batch_transfers_max {
+                    break;
+                }
+                take += 1;
+            }
             queue.drain(..take).collect()
         };
         stripe.contended.store(batch.len() > 1, Ordering::Relaxed);
@@ -411,6 +424,14 @@ impl GroupCommit {
     /// Drops the stripe's cached state: the next batch loads it afresh.
     fn forget(&self, index: usize) {
         *self.stripes[index].last.lock().expect("cache lock") = None;
+    }
+}
+
+/// A command's share of a batch's transfer budget.
+fn weight(command: &Command) -> usize {
+    match command {
+        Command::TransferBulk(bulk) => bulk.transfers.len().max(1),
+        _ => 1,
     }
 }
 

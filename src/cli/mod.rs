@@ -122,6 +122,10 @@ struct ServeArgs {
     #[arg(long, env = "LEDGER_BATCH_COMMANDS_MAX", default_value_t = GroupCommitSettings::default().batch_commands_max,
           value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
     batch_commands_max: usize,
+    /// Most transfers in one group-commit batch (bounds its memory; a larger bulk is a batch of its own).
+    #[arg(long, env = "LEDGER_BATCH_TRANSFERS_MAX", default_value_t = GroupCommitSettings::default().batch_transfers_max,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|n| n as usize))]
+    batch_transfers_max: usize,
     /// Microseconds a batch leader on a contended account waits for more commands (0: never wait).
     #[arg(long, env = "LEDGER_BATCH_WAIT_US", default_value_t = GroupCommitSettings::default().batch_wait.as_micros() as u64,
           value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
@@ -221,6 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             anyhow::ensure!(limits.page_size_max >= 1, "--page-size-max must be at least 1");
             let group_commit = GroupCommitSettings {
                 batch_commands_max: args.batch_commands_max,
+                batch_transfers_max: args.batch_transfers_max,
                 batch_wait: Duration::from_micros(args.batch_wait_us),
             };
             let ledger = Arc::new(Ledger::new(pool, settings(limits, group_commit)));

@@ -4,6 +4,7 @@
 mod audit;
 mod binary;
 mod concurrency;
+mod containers;
 mod docs;
 mod event_store;
 mod idempotency;
