@@ -11,6 +11,7 @@ mod idempotency;
 mod money;
 mod queries;
 mod rebuild_property;
+mod resilience;
 mod seed;
 mod support;
 mod validation;

@@ -1,0 +1,174 @@
+//! Failure behaviour of the real binary: killed mid-load, and asked to stop.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// 16 clients post transfers; the server is SIGKILLed mid-load and started
+/// again. Every transfer that got a 201 is in the history, the balance is
+/// the deposit minus what is recorded, no bulk is half-booked, and
+/// `ledger audit` finds nothing.
+#[tokio::test]
+async fn a_server_killed_mid_load_loses_nothing_it_acknowledged() {
+    let db = TestDb::new().await;
+    let url = db.url();
+    let env = [("DATABASE_URL", url.as_str()), ("LEDGER_IBAN_CHECK", "structure")];
+    let mut server = Binary::serve(&env);
+    let client = client();
+    open_acme(&client, &server.base, 100_000_000).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for worker in 0..16 {
+        let (client, base, stop) = (client.clone(), server.base.clone(), Arc::clone(&stop));
+        workers.push(tokio::spawn(async move {
+            let mut acknowledged: Vec<Value> = Vec::new();
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) && sent < 2_000 {
+                sent += 1;
+                let transfers = (0..(worker % 3 + 1)).map(|_| transfer("1.00")).collect();
+                let response = client
+                    .post(format!("{base}/v1/transfer/bulk"))
+                    .json(&bulk(transfers))
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                match response {
+                    Ok(response) if response.status().as_u16() == 201 => {
+                        if let Ok(body) = response.json::<Value>().await {
+                            acknowledged.push(body);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.child.kill().expect("SIGKILL the server");
+    let _ = server.child.wait();
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for worker in workers {
+        acknowledged.extend(worker.await.unwrap());
+    }
+    assert!(
+        acknowledged.len() > 10,
+        "the load ran before the kill: {}",
+        acknowledged.len()
+    );
+
+    let restarted = Binary::serve(&env);
+    let pool = db.pool().await;
+    // Every acknowledged transfer is booked, with its bulk whole.
+    let booked: HashSet<String> =
+        sqlx::query_scalar("SELECT transaction_id::text FROM transactions WHERE kind = 'transfer'")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    for body in &acknowledged {
+        for id in body["transfer_ids"].as_array().unwrap() {
+            assert!(
+                booked.contains(id.as_str().unwrap()),
+                "acknowledged transfer {id} is missing"
+            );
+        }
+    }
+    let half_booked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events e WHERE e.event_type = 'BulkTransferBooked' \
+         AND jsonb_array_length(e.data->'transfers') <> \
+             (SELECT count(*) FROM transactions t WHERE t.account_id = e.stream_id AND t.position = e.position)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(half_booked, 0);
+    let recorded: i64 = sqlx::query_scalar("SELECT coalesce(sum(amount_cents), 0)::bigint FROM transactions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let response = client
+        .get(format!("{}/v1/accounts/{ACME_IBAN}", restarted.base))
+        .send()
+        .await
+        .unwrap();
+    let (_, account) = into_parts(response).await;
+    assert_eq!(
+        account["balance_cents"].as_i64().unwrap(),
+        recorded,
+        "balance = deposits - recorded transfers"
+    );
+    let output = run_ledger(&["audit"], &[("DATABASE_URL", &url)]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+/// SIGTERM during load: requests in flight complete, new connections are
+/// refused, and the process exits 0 within a bounded time.
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests_and_exits_cleanly() {
+    let db = TestDb::new().await;
+    let url = db.url();
+    let env = [("DATABASE_URL", url.as_str()), ("LEDGER_IBAN_CHECK", "structure")];
+    let mut server = Binary::serve(&env);
+    let client = client();
+    open_acme(&client, &server.base, 100_000_000).await;
+    // A batch of bulks in flight when the signal arrives.
+    let in_flight: Vec<_> = (0..16)
+        .map(|_| {
+            let request = client
+                .post(format!("{}/v1/transfer/bulk", server.base))
+                .json(&bulk(vec![transfer("1.00"); 200]));
+            tokio::spawn(request.send())
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let signalled = Instant::now();
+
+    let mut statuses = Vec::new();
+    for request in in_flight {
+        match request.await.unwrap() {
+            Ok(response) => statuses.push(response.status().as_u16()),
+            Err(error) => assert!(error.is_connect(), "a request was cut off mid-flight: {error}"),
+        }
+    }
+    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(20),
+            "the server did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let refused = client.get(format!("{}/healthz", server.base)).send().await;
+    assert!(
+        refused.is_err_and(|e| e.is_connect()),
+        "new connections are refused after shutdown"
+    );
+    // What was acknowledged is booked.
+    let pool = db.pool().await;
+    let booked: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'BulkTransferBooked'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(booked, statuses.len() as i64);
+}
