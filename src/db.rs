@@ -33,8 +33,14 @@ pub async fn connect(options: PgConnectOptions, settings: &PoolSettings) -> Resu
 /// Applies pending migrations (the event store) and installs the
 /// projections. Safe to run from several processes at once.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR.run(pool).await?;
-    crate::projections::install(pool).await?;
+    // Schema changes may take longer than a request's statement budget.
+    let mut connection = pool.acquire().await?;
+    sqlx::query("SET statement_timeout = 0")
+        .execute(&mut *connection)
+        .await?;
+    MIGRATOR.run(&mut *connection).await?;
+    crate::projections::install(&mut connection).await?;
+    sqlx::query("RESET statement_timeout").execute(&mut *connection).await?;
     Ok(())
 }
 

@@ -37,6 +37,9 @@ pub struct Limits {
     pub page_size_default: u32,
     /// Largest `limit` a history page may ask for (400 above).
     pub page_size_max: u32,
+    /// Longest a request may take before it is answered 503 (a command's
+    /// outcome is then unknown to the client: retry it with its key).
+    pub request_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -46,6 +49,7 @@ impl Default for Limits {
             transfers_per_bulk_max: 10_000,
             page_size_default: 50,
             page_size_max: 1_000,
+            request_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

@@ -45,6 +45,18 @@ pub struct Cli {
     #[arg(long, env = "LEDGER_POOL_SIZE", default_value_t = 16, global = true, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pool_size: u32,
 
+    /// Milliseconds to wait for a free database connection before a request
+    /// fails with 503.
+    #[arg(long, env = "LEDGER_POOL_ACQUIRE_TIMEOUT_MS", default_value_t = 5_000, global = true,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pool_acquire_timeout_ms: u64,
+
+    /// Milliseconds any one SQL statement may run (PostgreSQL's
+    /// statement_timeout) before it is cancelled.
+    #[arg(long, env = "LEDGER_STATEMENT_TIMEOUT_MS", default_value_t = 30_000, global = true,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    statement_timeout_ms: u64,
+
     /// Log format on stderr (filter with RUST_LOG).
     #[arg(long, env = "LEDGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
     log_format: LogFormat,
@@ -118,6 +130,10 @@ struct ServeArgs {
     /// Largest page of account history (`limit`).
     #[arg(long, env = "LEDGER_PAGE_SIZE_MAX", default_value_t = Limits::default().page_size_max)]
     page_size_max: u32,
+    /// Milliseconds a request may take before it is answered 503.
+    #[arg(long, env = "LEDGER_REQUEST_TIMEOUT_MS", default_value_t = Limits::default().request_timeout.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    request_timeout_ms: u64,
     /// Most commands on one account decided and appended together (group commit).
     #[arg(long, env = "LEDGER_BATCH_COMMANDS_MAX", default_value_t = GroupCommitSettings::default().batch_commands_max,
           value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
@@ -220,6 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 body_bytes_max: args.body_bytes_max,
                 transfers_per_bulk_max: args.transfers_per_bulk_max,
                 page_size_max: args.page_size_max,
+                request_timeout: Duration::from_millis(args.request_timeout_ms),
                 ..Limits::default()
             };
             anyhow::ensure!(limits.page_size_max >= 1, "--page-size-max must be at least 1");
@@ -427,9 +444,10 @@ async fn connect(cli: &Cli) -> anyhow::Result<PgPool> {
             cluster.connect_options("ledger")
         }
     };
+    let options = options.options([("statement_timeout", cli.statement_timeout_ms.to_string())]);
     let settings = PoolSettings {
         connections_max: cli.pool_size,
-        acquire_timeout: Duration::from_secs(5),
+        acquire_timeout: Duration::from_millis(cli.pool_acquire_timeout_ms),
     };
     db::connect(options, &settings)
         .await

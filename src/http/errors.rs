@@ -32,12 +32,14 @@ impl IntoResponse for ApiError {
         match self.0 {
             AppError::Client(problem) => problem_response(&problem),
             AppError::Internal(error) => {
-                let unavailable = error.chain().any(|cause| {
-                    matches!(
-                        cause.downcast_ref::<sqlx::Error>(),
-                        Some(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
-                    )
-                });
+                // The database out of reach, the pool exhausted, or a
+                // statement cancelled by statement_timeout (57014): the
+                // client may retry; nothing was half-written.
+                let unavailable = error.chain().any(|cause| match cause.downcast_ref::<sqlx::Error>() {
+                    Some(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)) => true,
+                    Some(sqlx::Error::Database(db)) => db.code().as_deref() == Some("57014"),
+                    _ => false,
+                }) || format!("{error:#}").contains("canceling statement due to statement timeout");
                 // The span carries the request id; the client gets none of this.
                 tracing::error!(error = format!("{error:#}"), "request failed");
                 if unavailable {

@@ -39,6 +39,7 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
     // Install the metrics recorder before the first request records anything.
     crate::observability::prometheus();
     let body_limit = ledger.settings().limits.body_bytes_max;
+    let request_timeout = ledger.settings().limits.request_timeout;
     Router::new()
         .route("/v1/accounts", post(accounts::open))
         .route("/v1/accounts/{iban}", get(accounts::get))
@@ -55,6 +56,7 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(move |request, next| time_limit(request_timeout, request, next)))
         .layer(axum::middleware::from_fn(track_requests))
         // One span per request, carrying its id and route; the response
         // line adds status and latency. Errors inside are logged in it.
@@ -79,6 +81,28 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
         .layer(CatchPanicLayer::custom(errors::panic_response))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// Answers 503 when a request outlives its time limit. A command already
+/// queued still completes (it runs in a task of its own); with its
+/// Idempotency-Key the client's retry learns its outcome.
+async fn time_limit(
+    limit: std::time::Duration,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => errors::problem_response(&Problem::new(
+            503,
+            "timeout",
+            "Request timed out",
+            format!(
+                "the request took longer than {} ms; a command may still have been applied — retry it with the same Idempotency-Key to learn its outcome",
+                limit.as_millis()
+            ),
+        )),
+    }
 }
 
 /// Counts every request and its latency by method, route template (not the

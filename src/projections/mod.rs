@@ -72,8 +72,9 @@ const INSTALL_LOCK: i64 = 0x6c65_6467_6572_0001;
 
 /// Creates the projections' tables when missing and (re)defines their apply
 /// functions. Idempotent; serialised across processes by an advisory lock.
-pub async fn install(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+pub async fn install(connection: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let mut tx = connection.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(INSTALL_LOCK)
         .execute(&mut *tx)

@@ -172,3 +172,87 @@ async fn sigterm_finishes_in_flight_requests_and_exits_cleanly() {
         .unwrap();
     assert_eq!(booked, statuses.len() as i64);
 }
+
+/// A request over LEDGER_REQUEST_TIMEOUT_MS is answered 503 (problem+json);
+/// the command it carried still completes, and its Idempotency-Key tells the
+/// client the outcome.
+#[tokio::test]
+async fn a_request_over_its_time_limit_is_a_503_and_its_key_tells_the_outcome() {
+    let db = TestDb::new().await;
+    let url = db.url();
+    let impatient = Binary::serve(&[
+        ("DATABASE_URL", &url),
+        ("LEDGER_IBAN_CHECK", "structure"),
+        ("LEDGER_REQUEST_TIMEOUT_MS", "1"),
+    ]);
+    let patient = Binary::serve(&[("DATABASE_URL", &url), ("LEDGER_IBAN_CHECK", "structure")]);
+    let client = client();
+    open_acme(&client, &patient.base, 100_000_000).await;
+    let body = bulk(vec![transfer("1.00"); 1_000]);
+    let response = client
+        .post(format!("{}/v1/transfer/bulk", impatient.base))
+        .header("Idempotency-Key", "slow-payroll")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let (status, problem) = into_parts(response).await;
+    assert_eq!(status, 503, "{problem}");
+    assert_eq!(problem["type"], "/problems/timeout");
+    // The retry, with the same key, against a server with time to answer.
+    let mut replayed = None;
+    for _ in 0..50 {
+        let response = client
+            .post(format!("{}/v1/transfer/bulk", patient.base))
+            .header("Idempotency-Key", "slow-payroll")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        if response.status().as_u16() == 201 {
+            replayed = Some(response.headers().get("idempotent-replayed").is_some());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(replayed.is_some(), "the retry gets the outcome");
+    let response = client
+        .get(format!("{}/v1/accounts/{ACME_IBAN}", patient.base))
+        .send()
+        .await
+        .unwrap();
+    let (_, account) = into_parts(response).await;
+    assert_eq!(account["balance_cents"], 100_000_000 - 100_000, "booked exactly once");
+}
+
+/// A statement over LEDGER_STATEMENT_TIMEOUT_MS is cancelled by PostgreSQL:
+/// the request is a 503 and nothing is written.
+#[tokio::test]
+async fn a_statement_over_its_time_limit_is_cancelled_and_writes_nothing() {
+    let db = TestDb::new().await;
+    let url = db.url();
+    let funded = Binary::serve(&[("DATABASE_URL", &url), ("LEDGER_IBAN_CHECK", "structure")]);
+    let client = client();
+    open_acme(&client, &funded.base, 100_000_000).await;
+    drop(funded);
+    let strict = Binary::serve(&[
+        ("DATABASE_URL", &url),
+        ("LEDGER_IBAN_CHECK", "structure"),
+        ("LEDGER_STATEMENT_TIMEOUT_MS", "1"),
+    ]);
+    let response = client
+        .post(format!("{}/v1/transfer/bulk", strict.base))
+        .json(&bulk(vec![transfer("1.00"); 5_000]))
+        .send()
+        .await
+        .unwrap();
+    let (status, problem) = into_parts(response).await;
+    assert_eq!(status, 503, "{problem}");
+    let pool = db.pool().await;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 2, "only the opening and the deposit");
+}
