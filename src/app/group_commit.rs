@@ -269,11 +269,17 @@ impl GroupCommit {
                 }
                 Err(BatchError::Failed(error)) => {
                     self.forget(index);
+                    // Every command of the batch shares the failure, and its
+                    // kind: "retry later" stays a 503 for each of them.
                     let message = format!("{error:#}");
+                    let unavailable = matches!(error, AppError::Unavailable(_));
                     for pending in group {
-                        let _ = pending
-                            .reply
-                            .send(Err(AppError::Internal(anyhow::anyhow!("{message}"))));
+                        let error = anyhow::anyhow!("{message}");
+                        let _ = pending.reply.send(Err(if unavailable {
+                            AppError::Unavailable(error)
+                        } else {
+                            AppError::Internal(error)
+                        }));
                     }
                     return;
                 }
@@ -443,6 +449,7 @@ fn record_outcome(command: &Command, outcome: &Result<CommandResponse, AppError>
         Ok(response) if response.status < 400 => "accepted".to_owned(),
         Ok(response) => format!("refused_{}", response.status),
         Err(AppError::Client(problem)) => format!("refused_{}", problem.kind.trim_start_matches("/problems/")),
+        Err(AppError::Unavailable(_)) => "unavailable".to_owned(),
         Err(AppError::Internal(_)) => "failed".to_owned(),
     };
     metrics::counter!(observability::COMMANDS, "command" => super::command_name(command), "outcome" => outcome)
@@ -455,7 +462,7 @@ enum BatchError {
     Conflict,
     /// Another process recorded one of the batch's idempotency keys.
     KeyTaken,
-    Failed(anyhow::Error),
+    Failed(AppError),
 }
 
 impl From<AppendError> for BatchError {
@@ -463,17 +470,14 @@ impl From<AppendError> for BatchError {
         match error {
             AppendError::VersionConflict => BatchError::Conflict,
             AppendError::IdempotencyKeyTaken => BatchError::KeyTaken,
-            AppendError::Database(error) => BatchError::Failed(anyhow::Error::new(error).context("database")),
+            AppendError::Database(error) => BatchError::Failed(error.into()),
         }
     }
 }
 
 impl From<AppError> for BatchError {
     fn from(error: AppError) -> BatchError {
-        match error {
-            AppError::Internal(error) => BatchError::Failed(error),
-            AppError::Client(problem) => BatchError::Failed(anyhow::anyhow!("{}", problem.detail)),
-        }
+        BatchError::Failed(error)
     }
 }
 

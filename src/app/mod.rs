@@ -67,8 +67,27 @@ pub struct Settings {
 pub enum AppError {
     #[error("{}: {}", .0.title, .0.detail)]
     Client(Problem),
+    /// The database is out of reach, overloaded or cancelled the statement:
+    /// nothing was written, the client may retry (503).
+    #[error("unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+/// Whether a database error means "not now" (retry later) rather than a bug:
+/// no connection, pool exhausted or closed, the server shutting down or not
+/// yet accepting, a statement cancelled by its timeout.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 57014: query cancelled (statement
+            // timeout); 57P01..57P03: admin/crash shutdown, cannot connect now.
+            code.starts_with("08") || code == "57014" || code.starts_with("57P")
+        }),
+        _ => false,
+    }
 }
 
 impl From<Problem> for AppError {
@@ -79,7 +98,11 @@ impl From<Problem> for AppError {
 
 impl From<sqlx::Error> for AppError {
     fn from(error: sqlx::Error) -> AppError {
-        AppError::Internal(anyhow::Error::new(error).context("database"))
+        if is_unavailable(&error) {
+            AppError::Unavailable(anyhow::Error::new(error).context("database"))
+        } else {
+            AppError::Internal(anyhow::Error::new(error).context("database"))
+        }
     }
 }
 

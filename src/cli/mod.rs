@@ -562,6 +562,6 @@ async fn accounts(ledger: &Ledger, command: AccountsCommand) -> anyhow::Result<E
             );
             Ok(ExitCode::from(1))
         }
-        Err(AppError::Internal(error)) => Err(error),
+        Err(AppError::Internal(error) | AppError::Unavailable(error)) => Err(error),
     }
 }

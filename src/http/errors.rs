@@ -31,27 +31,19 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self.0 {
             AppError::Client(problem) => problem_response(&problem),
+            AppError::Unavailable(error) => {
+                tracing::warn!(error = format!("{error:#}"), "request refused: database unavailable");
+                problem_response(&Problem::new(
+                    503,
+                    "unavailable",
+                    "Service unavailable",
+                    "the database is unavailable or overloaded; nothing was changed, retry later",
+                ))
+            }
             AppError::Internal(error) => {
-                // The database out of reach, the pool exhausted, or a
-                // statement cancelled by statement_timeout (57014): the
-                // client may retry; nothing was half-written.
-                let unavailable = error.chain().any(|cause| match cause.downcast_ref::<sqlx::Error>() {
-                    Some(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)) => true,
-                    Some(sqlx::Error::Database(db)) => db.code().as_deref() == Some("57014"),
-                    _ => false,
-                }) || format!("{error:#}").contains("canceling statement due to statement timeout");
                 // The span carries the request id; the client gets none of this.
                 tracing::error!(error = format!("{error:#}"), "request failed");
-                if unavailable {
-                    problem_response(&Problem::new(
-                        503,
-                        "unavailable",
-                        "Service unavailable",
-                        "the database is unreachable; nothing was changed, retry later",
-                    ))
-                } else {
-                    problem_response(&internal())
-                }
+                problem_response(&internal())
             }
         }
     }

@@ -256,3 +256,108 @@ async fn a_statement_over_its_time_limit_is_cancelled_and_writes_nothing() {
         .unwrap();
     assert_eq!(events, 2, "only the opening and the deposit");
 }
+
+/// PostgreSQL stops during load and starts again: meanwhile requests fail
+/// fast with a 503 problem and /readyz is red; afterwards the same server
+/// process serves again, and nothing it acknowledged is lost.
+#[tokio::test]
+async fn a_database_outage_is_a_fast_503_and_the_service_recovers_without_a_restart() {
+    let root = std::env::temp_dir().join(format!("ledger-outage-{}", uuid::Uuid::new_v4().simple()));
+    let cluster = {
+        let root = root.clone();
+        tokio::task::spawn_blocking(move || ledger::pg::Cluster::ensure(&root))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let url = cluster.url("ledger");
+    let server = Binary::serve(&[
+        ("DATABASE_URL", &url),
+        ("LEDGER_IBAN_CHECK", "structure"),
+        ("LEDGER_POOL_ACQUIRE_TIMEOUT_MS", "1000"),
+    ]);
+    let client = client();
+    open_acme(&client, &server.base, 100_000_000).await;
+    let post = || {
+        client
+            .post(format!("{}/v1/transfer/bulk", server.base))
+            .json(&bulk(vec![transfer("1.00")]))
+            .send()
+    };
+    let mut acknowledged = Vec::new();
+    for _ in 0..20 {
+        let (status, body) = into_parts(post().await.unwrap()).await;
+        assert_eq!(status, 201);
+        acknowledged.push(body["transfer_ids"][0].as_str().unwrap().to_owned());
+    }
+
+    {
+        let cluster = cluster.clone();
+        tokio::task::spawn_blocking(move || cluster.stop())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    for _ in 0..5 {
+        let started = Instant::now();
+        let response = post().await.unwrap();
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        let (status, problem) = into_parts(response).await;
+        assert_eq!(status, 503, "{problem}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "fails fast: {:?}",
+            started.elapsed()
+        );
+    }
+    let (status, _) = into_parts(client.get(format!("{}/readyz", server.base)).send().await.unwrap()).await;
+    assert_eq!(status, 503);
+
+    {
+        let root = root.clone();
+        tokio::task::spawn_blocking(move || ledger::pg::Cluster::ensure(&root))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let mut recovered = false;
+    for _ in 0..100 {
+        if client
+            .get(format!("{}/readyz", server.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+            == 200
+        {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "/readyz turns green again");
+    let (status, _) = into_parts(post().await.unwrap()).await;
+    assert_eq!(status, 201, "the same process serves again");
+    let response = client
+        .get(format!(
+            "{}/v1/accounts/{ACME_IBAN}/transactions?limit=1000",
+            server.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    let (_, history) = into_parts(response).await;
+    let booked: HashSet<&str> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["transaction_id"].as_str().unwrap())
+        .collect();
+    for id in &acknowledged {
+        assert!(booked.contains(id.as_str()), "acknowledged {id} survived the outage");
+    }
+    drop(server);
+    let _ = cluster.stop();
+    let _ = std::fs::remove_dir_all(&root);
+}
