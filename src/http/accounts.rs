@@ -59,13 +59,13 @@ pub async fn open(
 )]
 pub async fn deposit(
     State(ledger): State<AppState>,
-    Path(iban): Path<String>,
+    iban: IbanPath,
     method: Method,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let iban = ledger.lookup_iban(&iban, "iban")?;
+    let iban = ledger.lookup_iban(&path_iban(iban)?, "iban")?;
     let input = command_input(&headers, &method, uri.path(), body)?;
     let request = parse_deposit(&input.body).map_err(Problem::validation)?;
     Ok(command_response(ledger.deposit(&input.context, &iban, request).await?))
@@ -83,8 +83,8 @@ pub async fn deposit(
         (status = 404, description = "No such account", content_type = "application/problem+json", body = Problem),
     )
 )]
-pub async fn get(State(ledger): State<AppState>, Path(iban): Path<String>) -> Result<Response, ApiError> {
-    let iban = ledger.lookup_iban(&iban, "iban")?;
+pub async fn get(State(ledger): State<AppState>, iban: IbanPath) -> Result<Response, ApiError> {
+    let iban = ledger.lookup_iban(&path_iban(iban)?, "iban")?;
     Ok(ok_json(&ledger.account(&iban).await?))
 }
 
@@ -104,10 +104,10 @@ pub async fn get(State(ledger): State<AppState>, Path(iban): Path<String>) -> Re
 )]
 pub async fn transactions(
     State(ledger): State<AppState>,
-    Path(iban): Path<String>,
+    iban: IbanPath,
     query: QueryMap,
 ) -> Result<Response, ApiError> {
-    let iban = ledger.lookup_iban(&iban, "iban")?;
+    let iban = ledger.lookup_iban(&path_iban(iban)?, "iban")?;
     let query = query_map(query)?;
     let page = ledger
         .transactions(
@@ -133,12 +133,8 @@ pub async fn transactions(
         (status = 404, description = "No such account at that point", content_type = "application/problem+json", body = Problem),
     )
 )]
-pub async fn balance_at(
-    State(ledger): State<AppState>,
-    Path(iban): Path<String>,
-    query: QueryMap,
-) -> Result<Response, ApiError> {
-    let iban = ledger.lookup_iban(&iban, "iban")?;
+pub async fn balance_at(State(ledger): State<AppState>, iban: IbanPath, query: QueryMap) -> Result<Response, ApiError> {
+    let iban = ledger.lookup_iban(&path_iban(iban)?, "iban")?;
     let query = query_map(query)?;
     let view = ledger
         .balance_at(
@@ -161,7 +157,16 @@ pub async fn balance_at(
         (status = 404, description = "No such account", content_type = "application/problem+json", body = Problem),
     )
 )]
-pub async fn audit(State(ledger): State<AppState>, Path(iban): Path<String>) -> Result<Response, ApiError> {
-    let iban = ledger.lookup_iban(&iban, "iban")?;
+pub async fn audit(State(ledger): State<AppState>, iban: IbanPath) -> Result<Response, ApiError> {
+    let iban = ledger.lookup_iban(&path_iban(iban)?, "iban")?;
     Ok(ok_json(&ledger.audit(&iban).await?))
+}
+
+/// The `{iban}` path segment; a segment that is not UTF-8 is a 400 problem
+/// like any other bad input, not axum's plain-text rejection.
+type IbanPath = Result<Path<String>, axum::extract::rejection::PathRejection>;
+
+fn path_iban(path: IbanPath) -> Result<String, ApiError> {
+    path.map(|Path(iban)| iban)
+        .map_err(|e| Problem::validation(vec![crate::problem::FieldError::new("iban", e.body_text())]).into())
 }

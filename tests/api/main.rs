@@ -7,6 +7,7 @@ mod concurrency;
 mod containers;
 mod docs;
 mod event_store;
+mod fuzz;
 mod idempotency;
 mod money;
 mod queries;
