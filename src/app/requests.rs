@@ -136,7 +136,7 @@ impl Reader {
     }
 
     /// An amount, as a decimal string or a JSON number read from its text
-    /// (serde_json's `arbitrary_precision` keeps the digits; no f64 ever).
+    /// (serde_json's `arbitrary_precision` keeps the digits: never binary floating point).
     fn amount(&mut self, obj: &Map<String, Value>, prefix: &str, name: &str) -> Option<Amount> {
         let path = join(prefix, name);
         let text = match obj.get(name) {

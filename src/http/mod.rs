@@ -129,9 +129,9 @@ async fn metrics(State(ledger): State<AppState>) -> Response {
     use crate::observability::{DB_POOL_CONNECTIONS, PROJECTION_LAG, PROJECTION_POSITION, prometheus};
     let handle = prometheus();
     let pool = ledger.pool();
-    let idle = pool.num_idle() as f64;
-    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(idle);
-    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set(f64::from(pool.size()) - idle);
+    let (size, idle) = (pool.size() as usize, pool.num_idle());
+    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(idle as f64);
+    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set(size.saturating_sub(idle) as f64);
     metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "max").set(f64::from(pool.options().get_max_connections()));
     match crate::projections::status(pool).await {
         Ok(statuses) => {
