@@ -366,19 +366,7 @@ impl Ledger {
     ) -> Result<TransactionPage, AppError> {
         let limits = &self.settings.limits;
         let mut errors = Vec::new();
-        let limit = match limit {
-            None => limits.page_size_default,
-            Some(text) => match text.parse::<u32>() {
-                Ok(n) if (1..=limits.page_size_max).contains(&n) => n,
-                _ => {
-                    errors.push(FieldError::new(
-                        "limit",
-                        format!("must be an integer from 1 to {}", limits.page_size_max),
-                    ));
-                    0
-                }
-            },
-        };
+        let limit = page_size(limit, limits, &mut errors);
         let cursor = match cursor {
             None => None,
             Some(text) => match parse_cursor(text) {
@@ -515,19 +503,7 @@ impl Ledger {
                 event_store::FeedCursor::START
             }),
         };
-        let limit = match limit {
-            None => limits.page_size_default,
-            Some(text) => match text.parse::<u32>() {
-                Ok(n) if (1..=limits.page_size_max).contains(&n) => n,
-                _ => {
-                    errors.push(FieldError::new(
-                        "limit",
-                        format!("must be an integer from 1 to {}", limits.page_size_max),
-                    ));
-                    0
-                }
-            },
-        };
+        let limit = page_size(limit, limits, &mut errors);
         if !errors.is_empty() {
             return Err(Problem::validation(errors).into());
         }
@@ -554,6 +530,24 @@ impl Ledger {
 
 /// The account's current state and stream head, from the balances
 /// projection (kept in the append's statement, so it is the snapshot).
+/// A page's `limit`: the default when absent, else 1 to the configured
+/// maximum (an error naming `limit` otherwise).
+fn page_size(limit: Option<&str>, limits: &Limits, errors: &mut Vec<FieldError>) -> u32 {
+    match limit {
+        None => limits.page_size_default,
+        Some(text) => match text.parse::<u32>() {
+            Ok(n) if (1..=limits.page_size_max).contains(&n) => n,
+            _ => {
+                errors.push(FieldError::new(
+                    "limit",
+                    format!("must be an integer from 1 to {}", limits.page_size_max),
+                ));
+                0
+            }
+        },
+    }
+}
+
 pub(crate) async fn load_account(pool: &PgPool, iban: &Iban) -> Result<Option<(Account, StreamHead)>, AppError> {
     let row: Option<AccountRow> = sqlx::query_as(
         "SELECT b.account_id, b.organization_name, b.iban, b.bic, b.currency, b.balance_cents, b.version, \

@@ -322,18 +322,6 @@ async fn a_consumer_paging_during_concurrent_appends_sees_each_event_once() {
     assert_eq!(FeedCursor::parse("0"), Some(FeedCursor::START));
 }
 
-async fn snapshot(pool: &sqlx::PgPool) -> Vec<Vec<String>> {
-    let mut all = Vec::new();
-    for query in [
-        "SELECT b::text FROM balances b ORDER BY account_id",
-        "SELECT t::text FROM transactions t ORDER BY account_id, position, seq",
-        "SELECT c::text FROM counterparties c ORDER BY account_id, counterparty_iban",
-    ] {
-        all.push(sqlx::query_scalar(query).fetch_all(pool).await.unwrap());
-    }
-    all
-}
-
 /// Polls `ledger projections status` until the asynchronous projections
 /// have no lag.
 async fn wait_for_async_projections(url: &str) {
@@ -391,7 +379,7 @@ async fn a_rebuild_while_serving_reproduces_the_projections() {
             .await
             .unwrap();
     assert_eq!(paid, booked);
-    let before = snapshot(&pool).await;
+    let before = projection_rows(&pool).await;
 
     // Rebuild while writes keep coming.
     let writer = {
@@ -423,7 +411,7 @@ async fn a_rebuild_while_serving_reproduces_the_projections() {
 
     // Everything written before and during the rebuild is there, and the
     // log, the rebuilt projections and a second rebuild all agree.
-    let after_writes = snapshot(&pool).await;
+    let after_writes = projection_rows(&pool).await;
     assert_eq!(after_writes[1].len(), before[1].len() + 20);
     let output = run_ledger(&["audit"], &[("DATABASE_URL", &url)]);
     assert_eq!(
@@ -435,7 +423,7 @@ async fn a_rebuild_while_serving_reproduces_the_projections() {
     ledger::projections::rebuild(&pool, &["transactions".to_owned()], |_| {})
         .await
         .unwrap();
-    assert_eq!(snapshot(&pool).await, after_writes);
+    assert_eq!(projection_rows(&pool).await, after_writes);
     let response = client
         .get(format!("{}/v1/accounts/{ACME_IBAN}", binary.base))
         .send()

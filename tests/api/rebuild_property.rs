@@ -78,18 +78,6 @@ async fn apply(ledger: &Ledger, op: &Op) {
     };
 }
 
-async fn tables(pool: &sqlx::PgPool) -> Vec<Vec<String>> {
-    let mut all = Vec::new();
-    for query in [
-        "SELECT b::text FROM balances b ORDER BY account_id",
-        "SELECT t::text FROM transactions t ORDER BY account_id, position, seq",
-        "SELECT c::text FROM counterparties c ORDER BY account_id, counterparty_iban",
-    ] {
-        all.push(sqlx::query_scalar(query).fetch_all(pool).await.unwrap());
-    }
-    all
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
 
@@ -106,9 +94,9 @@ proptest! {
             // The asynchronous projection catches up the way the server's
             // runner does, in batches from its checkpoint.
             ledger::projections::runner::catch_up(&pool).await.unwrap();
-            let incremental = tables(&pool).await;
+            let incremental = projection_rows(&pool).await;
             ledger::projections::rebuild(&pool, &[], |_| {}).await.unwrap();
-            let rebuilt = tables(&pool).await;
+            let rebuilt = projection_rows(&pool).await;
             let mut audits = Vec::new();
             for account_id in ledger::audit::all_accounts(&pool).await.unwrap() {
                 audits.push(ledger::audit::audit_stream(&pool, account_id).await.unwrap());

@@ -315,3 +315,17 @@ pub fn run_ledger(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output 
     }
     command.output().expect("run ledger")
 }
+
+/// Every projection table's rows as text, in a stable order: two snapshots
+/// are equal exactly when the read models are, row for row.
+pub async fn projection_rows(pool: &sqlx::PgPool) -> Vec<Vec<String>> {
+    let mut all = Vec::new();
+    for query in [
+        "SELECT b::text FROM balances b ORDER BY account_id",
+        "SELECT t::text FROM transactions t ORDER BY account_id, position, seq",
+        "SELECT c::text FROM counterparties c ORDER BY account_id, counterparty_iban",
+    ] {
+        all.push(sqlx::query_scalar(query).fetch_all(pool).await.unwrap());
+    }
+    all
+}
