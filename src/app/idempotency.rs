@@ -110,3 +110,43 @@ pub fn key_reused() -> Problem {
         "this Idempotency-Key was already used with a different request",
     )
 }
+
+/// Shortest time a key is remembered (SPEC §2.4).
+pub const TTL_HOURS_MIN: u64 = 24;
+/// Keys deleted per statement, so a purge never holds long locks.
+const PURGE_BATCH: i64 = 10_000;
+
+/// Forgets keys recorded more than `ttl` ago. Returns how many went.
+pub async fn purge(pool: &PgPool, ttl: std::time::Duration) -> Result<u64, sqlx::Error> {
+    let mut purged = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE key IN ( \
+                 SELECT key FROM idempotency_keys \
+                 WHERE created_at < now() - make_interval(secs => $1) \
+                 ORDER BY created_at LIMIT $2)",
+        )
+        .bind(ttl.as_secs_f64())
+        .bind(PURGE_BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        purged += deleted;
+        if deleted < PURGE_BATCH as u64 {
+            return Ok(purged);
+        }
+    }
+}
+
+/// Runs [`purge`] every ten minutes, for as long as the server runs.
+pub async fn purge_periodically(pool: PgPool, ttl: std::time::Duration) {
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(600));
+    loop {
+        interval.tick().await;
+        match purge(&pool, ttl).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "expired idempotency keys forgotten"),
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "idempotency key purge failed; will retry"),
+        }
+    }
+}

@@ -142,6 +142,10 @@ struct ServeArgs {
     #[arg(long, env = "LEDGER_BATCH_TRANSFERS_MAX", default_value_t = GroupCommitSettings::default().batch_transfers_max,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|n| n as usize))]
     batch_transfers_max: usize,
+    /// Hours an idempotency key is remembered (at least 24).
+    #[arg(long, env = "LEDGER_IDEMPOTENCY_TTL_HOURS", default_value_t = 168,
+          value_parser = clap::value_parser!(u64).range(crate::app::idempotency::TTL_HOURS_MIN..=87_600))]
+    idempotency_ttl_hours: u64,
     /// Microseconds a batch leader on a contended account waits for more commands (0: never wait).
     #[arg(long, env = "LEDGER_BATCH_WAIT_US", default_value_t = GroupCommitSettings::default().batch_wait.as_micros() as u64,
           value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
@@ -246,6 +250,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 batch_wait: Duration::from_micros(args.batch_wait_us),
             };
             let ledger = Arc::new(Ledger::new(pool, settings(limits, group_commit)));
+            tokio::spawn(crate::app::idempotency::purge_periodically(
+                ledger.pool().clone(),
+                Duration::from_secs(args.idempotency_ttl_hours * 3600),
+            ));
             serve(ledger, args.listen).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -129,3 +129,32 @@ async fn malformed_keys_are_refused() {
     assert_eq!(status, 201);
     assert_eq!(app.balance_cents(ACME_IBAN).await, 900);
 }
+
+/// Keys are remembered for their time to live, then forgotten in bounded
+/// batches; a recent key stays.
+#[tokio::test]
+async fn expired_keys_are_purged_and_recent_ones_kept() {
+    let app = TestApp::spawn().await;
+    app.acme_with(10_000).await;
+    let body = bulk(vec![transfer("1.00")]);
+    assert_eq!(post_with_key(&app, "/v1/transfer/bulk", "old-key", &body).await.0, 201);
+    assert_eq!(post_with_key(&app, "/v1/transfer/bulk", "new-key", &body).await.0, 201);
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '8 days' WHERE key = 'old-key'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let week = std::time::Duration::from_secs(7 * 24 * 3600);
+    let purged = ledger::app::idempotency::purge(&app.pool, week).await.unwrap();
+    assert_eq!(purged, 1);
+    let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM idempotency_keys")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, vec!["new-key".to_owned()]);
+    // The recent key still replays; the forgotten one is a new request.
+    let (status, replayed, _) = post_with_key(&app, "/v1/transfer/bulk", "new-key", &body).await;
+    assert_eq!((status, replayed.as_deref()), (201, Some("true")));
+    let (status, replayed, _) =
+        post_with_key(&app, "/v1/transfer/bulk", "old-key", &bulk(vec![transfer("2.00")])).await;
+    assert_eq!((status, replayed), (201, None));
+}
