@@ -12,6 +12,7 @@ use chrono::Utc;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::audit::HistoryRow;
 use crate::domain::{
     self, Account, Bic, Command, Currency, DepositCommand, Event, Iban, IbanCheck, OpenAccountCommand, Refusal,
     TransferBulkCommand, TransferLine, format_amount,
@@ -390,7 +391,7 @@ impl Ledger {
         }
         let (before_position, before_seq) = cursor.unwrap_or((i64::MAX, i32::MAX));
         // One more row than asked tells whether another page exists.
-        let rows: Vec<TransactionRow> = sqlx::query_as(
+        let rows: Vec<HistoryRow> = sqlx::query_as(
             "SELECT position, seq, transaction_id, kind, amount_cents, currency, counterparty_name, counterparty_iban, \
                     counterparty_bic, description, bulk_id, balance_after_cents, recorded_at \
              FROM transactions \
@@ -409,7 +410,7 @@ impl Ledger {
             .then(|| rows.last().map(|r| format!("{}.{}", r.position, r.seq)))
             .flatten();
         Ok(TransactionPage {
-            items: rows.iter().map(TransactionRow::view).collect(),
+            items: rows.iter().map(transaction_view).collect(),
             next_cursor,
         })
     }
@@ -673,40 +674,23 @@ impl AccountRow {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct TransactionRow {
-    position: i64,
-    seq: i32,
-    transaction_id: Uuid,
-    kind: String,
-    amount_cents: i64,
-    currency: String,
-    counterparty_name: Option<String>,
-    counterparty_iban: Option<String>,
-    counterparty_bic: Option<String>,
-    description: Option<String>,
-    bulk_id: Option<Uuid>,
-    balance_after_cents: i64,
-    recorded_at: chrono::DateTime<Utc>,
-}
-
-impl TransactionRow {
-    fn view(&self) -> TransactionView {
-        TransactionView {
-            transaction_id: self.transaction_id,
-            kind: self.kind.clone(),
-            amount: amount_text(self.amount_cents, &self.currency),
-            amount_cents: self.amount_cents,
-            currency: self.currency.clone(),
-            counterparty_name: self.counterparty_name.clone(),
-            counterparty_iban: self.counterparty_iban.clone(),
-            counterparty_bic: self.counterparty_bic.clone(),
-            description: self.description.clone(),
-            bulk_id: self.bulk_id,
-            balance_after: amount_text(self.balance_after_cents, &self.currency),
-            balance_after_cents: self.balance_after_cents,
-            recorded_at: self.recorded_at,
-            position: self.position,
-        }
+/// A `transactions` row (the same row type the audit rebuilds from the
+/// log) as the history shows it.
+fn transaction_view(row: &HistoryRow) -> TransactionView {
+    TransactionView {
+        transaction_id: row.transaction_id,
+        kind: row.kind.clone(),
+        amount: amount_text(row.amount_cents, &row.currency),
+        amount_cents: row.amount_cents,
+        currency: row.currency.clone(),
+        counterparty_name: row.counterparty_name.clone(),
+        counterparty_iban: row.counterparty_iban.clone(),
+        counterparty_bic: row.counterparty_bic.clone(),
+        description: row.description.clone(),
+        bulk_id: row.bulk_id,
+        balance_after: amount_text(row.balance_after_cents, &row.currency),
+        balance_after_cents: row.balance_after_cents,
+        recorded_at: row.recorded_at,
+        position: row.position,
     }
 }

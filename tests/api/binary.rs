@@ -19,20 +19,18 @@ async fn cli_commands_open_and_fund_an_account_the_api_then_serves() {
     let env = [("DATABASE_URL", url.as_str()), ("LEDGER_IBAN_CHECK", "structure")];
     let output = run_ledger(&["migrate"], &env);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let open_acme_args = [
+        "accounts",
+        "open",
+        "--organization-name",
+        ACME_NAME,
+        "--iban",
+        ACME_IBAN,
+        "--bic",
+        ACME_BIC,
+    ];
 
-    let output = run_ledger(
-        &[
-            "accounts",
-            "open",
-            "--organization-name",
-            ACME_NAME,
-            "--iban",
-            ACME_IBAN,
-            "--bic",
-            ACME_BIC,
-        ],
-        &env,
-    );
+    let output = run_ledger(&open_acme_args, &env);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(stdout_json(&output)["iban"], ACME_IBAN);
 
@@ -69,19 +67,7 @@ async fn cli_commands_open_and_fund_an_account_the_api_then_serves() {
     assert_eq!(stdout_json(&output)["balance_cents"], 10_000_000);
 
     // Refusals exit 1 with a problem; bad input names the field.
-    let output = run_ledger(
-        &[
-            "accounts",
-            "open",
-            "--organization-name",
-            ACME_NAME,
-            "--iban",
-            ACME_IBAN,
-            "--bic",
-            ACME_BIC,
-        ],
-        &env,
-    );
+    let output = run_ledger(&open_acme_args, &env);
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(stdout_json(&output)["status"], 409);
     let output = run_ledger(&["accounts", "deposit", "--iban", ACME_IBAN, "--amount", "1.005"], &env);
