@@ -27,7 +27,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
 
-use super::idempotency::{self, Recorded};
+use super::idempotency::{self, IdempotencyKey, Recorded};
 use super::{AppError, CommandContext, CommandResponse, account_id_for, load_account, refusal_problem};
 use crate::domain::{self, Account, Command, Event, Iban};
 use crate::event_store::{self, AppendError, IdempotencyRecord, NewEvent, StreamHead};
@@ -316,9 +316,9 @@ impl GroupCommit {
             Some((account, head)) => (Some(account), head),
             None => (None, StreamHead::EMPTY),
         };
-        let keys: Vec<String> = group
+        let keys: Vec<&IdempotencyKey> = group
             .iter()
-            .filter_map(|p| p.ctx.idempotency.as_ref().map(|(key, _)| key.as_str().to_owned()))
+            .filter_map(|p| p.ctx.idempotency.as_ref().map(|(key, _)| key))
             .collect();
         let recorded = if keys.is_empty() || !look_up_keys {
             HashMap::new()
@@ -332,15 +332,15 @@ impl GroupCommit {
         let mut events: Vec<NewEvent> = Vec::new();
         let mut records: Vec<IdempotencyRecord> = Vec::new();
         // A key seen earlier in this batch: (index of its first command, request hash).
-        let mut batch_keys: HashMap<&str, (usize, [u8; 32])> = HashMap::new();
+        let mut batch_keys: HashMap<&IdempotencyKey, (usize, [u8; 32])> = HashMap::new();
         let mut repeats: Vec<(usize, usize)> = Vec::new();
         for (index, pending) in group.iter().enumerate() {
             if let Some((key, hash)) = &pending.ctx.idempotency {
-                if let Some(recorded) = recorded.get(key.as_str()) {
+                if let Some(recorded) = recorded.get(key) {
                     outcomes[index] = Some(replay(recorded, hash));
                     continue;
                 }
-                if let Some((first, first_hash)) = batch_keys.get(key.as_str()) {
+                if let Some((first, first_hash)) = batch_keys.get(key) {
                     outcomes[index] = if first_hash == hash {
                         None
                     } else {
@@ -367,10 +367,13 @@ impl GroupCommit {
                 }
             };
             state = Some(domain::evolve(state.take(), &decided));
+            let (actor, api_key_id) = pending.ctx.principal.metadata();
             let metadata = json!({
                 "request_id": pending.ctx.request_id,
                 "idempotency_key": pending.ctx.idempotency.as_ref().map(|(key, _)| key.as_str()),
                 "command": super::command_name(&pending.command),
+                "actor": actor,
+                "api_key_id": api_key_id,
             });
             events.extend(decided.into_iter().map(|event| NewEvent {
                 event,
@@ -378,12 +381,13 @@ impl GroupCommit {
             }));
             if let Some((key, hash)) = &pending.ctx.idempotency {
                 records.push(IdempotencyRecord {
+                    scope: key.scope().to_owned(),
                     key: key.as_str().to_owned(),
                     request_hash: *hash,
                     response_status: status,
                     response_body: body.clone(),
                 });
-                batch_keys.insert(key.as_str(), (index, *hash));
+                batch_keys.insert(key, (index, *hash));
             }
             outcomes[index] = Some(Ok(CommandResponse {
                 status,

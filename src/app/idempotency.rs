@@ -9,12 +9,18 @@ use crate::problem::{FieldError, Problem};
 
 pub const KEY_BYTES_MAX: usize = 255;
 
-/// A validated `Idempotency-Key` header: 1 to 255 printable ASCII characters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotencyKey(String);
+/// A validated `Idempotency-Key` header (1 to 255 printable ASCII
+/// characters) in the scope of the API key that sent it: clients never see
+/// each other's keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey {
+    scope: String,
+    key: String,
+}
 
 impl IdempotencyKey {
-    pub fn parse(raw: &[u8]) -> Result<IdempotencyKey, Problem> {
+    /// `scope` is [`crate::app::auth::Principal::idempotency_scope`].
+    pub fn parse(raw: &[u8], scope: String) -> Result<IdempotencyKey, Problem> {
         let printable = raw.iter().all(|b| (0x20..=0x7e).contains(b));
         if raw.is_empty() || raw.len() > KEY_BYTES_MAX || !printable {
             return Err(Problem::validation(vec![FieldError::new(
@@ -23,11 +29,19 @@ impl IdempotencyKey {
             )]));
         }
         // Checked above: ASCII is UTF-8.
-        Ok(IdempotencyKey(String::from_utf8_lossy(raw).into_owned()))
+        Ok(IdempotencyKey {
+            scope,
+            key: String::from_utf8_lossy(raw).into_owned(),
+        })
     }
 
+    /// The key as the client sent it.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.key
+    }
+
+    pub fn scope(&self) -> &str {
+        &self.scope
     }
 }
 
@@ -64,11 +78,13 @@ pub struct Recorded {
 }
 
 pub async fn lookup(pool: &PgPool, key: &IdempotencyKey) -> Result<Option<Recorded>, sqlx::Error> {
-    let row: Option<(Vec<u8>, i16, String)> =
-        sqlx::query_as("SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE key = $1")
-            .bind(key.as_str())
-            .fetch_optional(pool)
-            .await?;
+    let row: Option<(Vec<u8>, i16, String)> = sqlx::query_as(
+        "SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE scope = $1 AND key = $2",
+    )
+    .bind(key.scope())
+    .bind(key.as_str())
+    .fetch_optional(pool)
+    .await?;
     Ok(row.map(|(request_hash, status, body)| Recorded {
         request_hash,
         status: status as u16,
@@ -79,19 +95,21 @@ pub async fn lookup(pool: &PgPool, key: &IdempotencyKey) -> Result<Option<Record
 /// The recorded responses for several keys at once, by key.
 pub async fn lookup_many(
     pool: &PgPool,
-    keys: &[String],
-) -> Result<std::collections::HashMap<String, Recorded>, sqlx::Error> {
-    let rows: Vec<(String, Vec<u8>, i16, String)> = sqlx::query_as(
-        "SELECT key, request_hash, response_status, response_body FROM idempotency_keys WHERE key = ANY($1)",
+    keys: &[&IdempotencyKey],
+) -> Result<std::collections::HashMap<IdempotencyKey, Recorded>, sqlx::Error> {
+    let rows: Vec<(String, String, Vec<u8>, i16, String)> = sqlx::query_as(
+        "SELECT k.scope, k.key, k.request_hash, k.response_status, k.response_body \
+         FROM idempotency_keys k JOIN unnest($1::text[], $2::text[]) AS wanted(scope, key) USING (scope, key)",
     )
-    .bind(keys)
+    .bind(keys.iter().map(|k| k.scope()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.as_str()).collect::<Vec<_>>())
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(key, request_hash, status, body)| {
+        .map(|(scope, key, request_hash, status, body)| {
             (
-                key,
+                IdempotencyKey { scope, key },
                 Recorded {
                     request_hash,
                     status: status as u16,
@@ -121,8 +139,8 @@ pub async fn purge(pool: &PgPool, ttl: std::time::Duration) -> Result<u64, sqlx:
     let mut purged = 0;
     loop {
         let deleted = sqlx::query(
-            "DELETE FROM idempotency_keys WHERE key IN ( \
-                 SELECT key FROM idempotency_keys \
+            "DELETE FROM idempotency_keys WHERE (scope, key) IN ( \
+                 SELECT scope, key FROM idempotency_keys \
                  WHERE created_at < now() - make_interval(secs => $1) \
                  ORDER BY created_at LIMIT $2)",
         )

@@ -1,6 +1,7 @@
 //! Command handlers and queries: load → decide → append, with idempotency
 //! and retries; reads from the projections.
 
+pub mod auth;
 mod group_commit;
 pub mod idempotency;
 pub mod requests;
@@ -19,6 +20,7 @@ use crate::domain::{
 };
 use crate::event_store::{self, StreamHead};
 use crate::problem::{FieldError, Problem};
+use auth::{Action, AuthMode, Authenticator, Principal};
 use group_commit::GroupCommit;
 pub use group_commit::GroupCommitSettings;
 use idempotency::IdempotencyKey;
@@ -57,6 +59,7 @@ impl Default for Limits {
 
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
+    pub auth: AuthMode,
     pub iban_check: IbanCheck,
     pub limits: Limits,
     pub group_commit: GroupCommitSettings,
@@ -117,9 +120,11 @@ pub struct CommandResponse {
     pub replayed: bool,
 }
 
-/// Who asked, for the event metadata, and the idempotency key if any.
-#[derive(Debug, Clone, Default)]
+/// Who asked, for authorization and the event metadata, and the
+/// idempotency key if any.
+#[derive(Debug, Clone)]
 pub struct CommandContext {
+    pub principal: Principal,
     pub request_id: String,
     pub idempotency: Option<(IdempotencyKey, [u8; 32])>,
 }
@@ -131,6 +136,7 @@ pub struct Ledger {
     /// process and appended in batches; across processes, optimistic
     /// concurrency decides.
     group_commit: Arc<GroupCommit>,
+    authenticator: Authenticator,
 }
 
 /// Account ids are derived from the IBAN (UUID v5), so the event store's
@@ -144,11 +150,25 @@ pub fn account_id_for(iban: &Iban) -> Uuid {
 impl Ledger {
     pub fn new(pool: PgPool, settings: Settings) -> Ledger {
         let group_commit = Arc::new(GroupCommit::new(pool.clone(), settings.group_commit.clone()));
+        let authenticator = Authenticator::new(pool.clone(), settings.auth);
         Ledger {
             pool,
             settings,
             group_commit,
+            authenticator,
         }
+    }
+
+    /// The caller behind an `Authorization` header (its raw value), or a
+    /// 401; everyone is an admin while authentication is disabled.
+    pub async fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Principal, AppError> {
+        self.authenticator.authenticate(authorization).await
+    }
+
+    /// Forgets changed (revoked) keys as soon as the database says so; runs
+    /// for as long as the server does.
+    pub async fn watch_key_changes(&self) {
+        self.authenticator.watch_changes().await
     }
 
     /// Batches committed, commands in them, and the largest batch so far.
@@ -179,6 +199,7 @@ impl Ledger {
         ctx: &CommandContext,
         request: OpenAccountRequest,
     ) -> Result<CommandResponse, AppError> {
+        ctx.principal.authorize(Action::OpenAccount)?;
         let account_id = account_id_for(&request.iban);
         let command = Command::OpenAccount(OpenAccountCommand {
             account_id,
@@ -200,6 +221,7 @@ impl Ledger {
         iban: &Iban,
         request: DepositRequest,
     ) -> Result<CommandResponse, AppError> {
+        ctx.principal.authorize(Action::Deposit)?;
         let deposit_id = Uuid::now_v7();
         // The account's currency decides how many digits the amount may have,
         // so the command is built once the account is known.
@@ -244,6 +266,9 @@ impl Ledger {
         ctx: &CommandContext,
         request: BulkTransferRequest,
     ) -> Result<CommandResponse, AppError> {
+        ctx.principal.authorize(Action::Transfer {
+            from: &request.organization_iban,
+        })?;
         let bulk_id = Uuid::now_v7();
         let command = Command::TransferBulk(TransferBulkCommand {
             bulk_id,
@@ -344,7 +369,8 @@ impl Ledger {
 
     // ---- queries --------------------------------------------------------
 
-    pub async fn account(&self, iban: &Iban) -> Result<AccountView, AppError> {
+    pub async fn account(&self, principal: &Principal, iban: &Iban) -> Result<AccountView, AppError> {
+        principal.authorize(Action::ReadAccount(iban))?;
         let row: Option<AccountRow> = sqlx::query_as(
             "SELECT account_id, organization_name, iban, bic, currency, balance_cents, version, last_position, \
                     NULL::bytea AS hash \
@@ -361,10 +387,12 @@ impl Ledger {
 
     pub async fn transactions(
         &self,
+        principal: &Principal,
         iban: &Iban,
         limit: Option<&str>,
         cursor: Option<&str>,
     ) -> Result<TransactionPage, AppError> {
+        principal.authorize(Action::ReadAccount(iban))?;
         let limits = &self.settings.limits;
         let mut errors = Vec::new();
         let limit = page_size(limit, limits, &mut errors);
@@ -422,10 +450,12 @@ impl Ledger {
     /// not read from a projection.
     pub async fn balance_at(
         &self,
+        principal: &Principal,
         iban: &Iban,
         as_of: Option<&str>,
         position: Option<&str>,
     ) -> Result<PointInTimeView, AppError> {
+        principal.authorize(Action::ReadAccount(iban))?;
         let mut errors = Vec::new();
         let as_of = as_of.and_then(|text| match chrono::DateTime::parse_from_rfc3339(text) {
             Ok(time) => Some(time.with_timezone(&Utc)),
@@ -482,7 +512,8 @@ impl Ledger {
 
     /// Replays the account's stream, verifies its hash chain and compares
     /// the result with the projections.
-    pub async fn audit(&self, iban: &Iban) -> Result<crate::audit::StreamAudit, AppError> {
+    pub async fn audit(&self, principal: &Principal, iban: &Iban) -> Result<crate::audit::StreamAudit, AppError> {
+        principal.authorize(Action::Audit)?;
         let audit = crate::audit::audit_stream(&self.pool, account_id_for(iban)).await?;
         if audit.events == 0 && audit.projected_balance_cents.is_none() {
             return Err(account_not_found(iban).into());
@@ -491,7 +522,13 @@ impl Ledger {
     }
 
     /// A page of the global log in commit-safe order.
-    pub async fn events(&self, after: Option<&str>, limit: Option<&str>) -> Result<FeedPage, AppError> {
+    pub async fn events(
+        &self,
+        principal: &Principal,
+        after: Option<&str>,
+        limit: Option<&str>,
+    ) -> Result<FeedPage, AppError> {
+        principal.authorize(Action::ReadFeed)?;
         let limits = &self.settings.limits;
         let mut errors = Vec::new();
         let after = match after {

@@ -18,6 +18,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 
+use crate::app::auth::{self, AuthMode, Principal, Revoked, Scope};
 use crate::app::{CommandContext, CommandResponse, GroupCommitSettings, Ledger, Limits, Settings};
 use crate::db::{self, PoolSettings};
 use crate::domain::IbanCheck;
@@ -83,6 +84,9 @@ enum Commands {
     /// Rebuild read models from the log, or show their position and lag.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Create, list and revoke API keys (README "Security").
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Replay every stream (or one), verify hash chains, recompute balances
     /// and histories, compare with the projections. Exit 0 when all agree,
     /// 1 on any difference, 2 on error.
@@ -116,11 +120,39 @@ enum ProjectionsCommand {
     Status,
 }
 
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it, once, on stdout: only its hash is stored.
+    #[command(group(clap::ArgGroup::new("scope").required(true).args(["admin", "account"])))]
+    Create {
+        /// Everything: open accounts, deposits, every query, the event feed, audits.
+        #[arg(long)]
+        admin: bool,
+        /// Bulk transfers from this account (IBAN) and queries on it, nothing else.
+        #[arg(long, value_name = "IBAN")]
+        account: Option<String>,
+        /// A label to tell keys apart in `ledger keys list`.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Every key, active or revoked (never their secrets).
+    List,
+    /// Revoke a key: every server refuses it from the next request on.
+    Revoke {
+        /// The key's id (from `keys create` or `keys list`).
+        id: uuid::Uuid,
+    },
+}
+
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "LEDGER_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// `enabled`: every API call needs `Authorization: Bearer <key>`;
+    /// `disabled`: anyone may do anything (local experiments only).
+    #[arg(long, env = "LEDGER_AUTH", value_enum, default_value_t = AuthMode::Enabled)]
+    auth: AuthMode,
     /// Largest request body, in bytes (413 above).
     #[arg(long, env = "LEDGER_BODY_BYTES_MAX", default_value_t = Limits::default().body_bytes_max)]
     body_bytes_max: usize,
@@ -225,7 +257,9 @@ fn init_tracing(format: LogFormat) {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let pool = connect(&cli).await?;
     db::migrate(&pool).await.context("applying migrations")?;
-    let settings = |limits: Limits, group_commit: GroupCommitSettings| Settings {
+    let embedded = cli.database_url.is_none();
+    let settings = |auth: AuthMode, limits: Limits, group_commit: GroupCommitSettings| Settings {
+        auth,
         iban_check: cli.iban_check,
         limits,
         group_commit,
@@ -249,7 +283,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 batch_transfers_max: args.batch_transfers_max,
                 batch_wait: Duration::from_micros(args.batch_wait_us),
             };
-            let ledger = Arc::new(Ledger::new(pool, settings(limits, group_commit)));
+            let ledger = Arc::new(Ledger::new(pool, settings(args.auth, limits, group_commit)));
+            announce_auth(&ledger, args.auth, embedded).await?;
+            let watcher = Arc::clone(&ledger);
+            tokio::spawn(async move { watcher.watch_key_changes().await });
             tokio::spawn(crate::app::idempotency::purge_periodically(
                 ledger.pool().clone(),
                 Duration::from_secs(args.idempotency_ttl_hours * 3600),
@@ -258,9 +295,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Commands::Accounts(command) => {
-            let ledger = Ledger::new(pool, settings(Limits::default(), GroupCommitSettings::default()));
+            let ledger = Ledger::new(
+                pool,
+                settings(AuthMode::Enabled, Limits::default(), GroupCommitSettings::default()),
+            );
             accounts(&ledger, command).await
         }
+        Commands::Keys(command) => keys(&pool, cli.iban_check, command).await,
         Commands::Projections(ProjectionsCommand::Rebuild { names }) => rebuild(&pool, &names).await,
         Commands::Projections(ProjectionsCommand::Status) => {
             println!(
@@ -290,6 +331,95 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             until,
             position,
         } => replay(&pool, &account, until.as_deref(), position).await,
+    }
+}
+
+/// Says how callers authenticate. The embedded default's first start
+/// creates an admin key and prints it, once, so the README's two commands
+/// are enough to call the API.
+async fn announce_auth(ledger: &Ledger, mode: AuthMode, embedded: bool) -> anyhow::Result<()> {
+    if mode == AuthMode::Disabled {
+        tracing::warn!(
+            "authentication is disabled (LEDGER_AUTH=disabled): anyone who reaches this port may do anything"
+        );
+        return Ok(());
+    }
+    if embedded && let Some((info, secret)) = auth::create_first_admin_key(ledger.pool()).await? {
+        println!(
+            "created the first admin API key {} (shown once; `ledger keys create --admin` makes another):",
+            info.id
+        );
+        println!("LEDGER_API_KEY={}", secret.expose());
+    } else if !auth::has_active_admin_key(ledger.pool()).await? {
+        tracing::warn!("no active admin API key: create one with `ledger keys create --admin`");
+    }
+    Ok(())
+}
+
+async fn keys(pool: &PgPool, iban_check: IbanCheck, command: KeysCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        KeysCommand::Create { account, name, .. } => {
+            let scope = match account {
+                None => Scope::Admin,
+                Some(text) => match crate::domain::Iban::parse(&text, iban_check) {
+                    Ok(iban) => Scope::Account(iban),
+                    Err(error) => {
+                        eprintln!("ledger: --account {error}");
+                        return Ok(ExitCode::from(1));
+                    }
+                },
+            };
+            if let Scope::Account(iban) = &scope {
+                let opened: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM balances WHERE account_id = $1)")
+                    .bind(crate::app::account_id_for(iban))
+                    .fetch_one(pool)
+                    .await?;
+                if !opened {
+                    eprintln!("ledger: note: no account {iban} is open yet; the key works once it is");
+                }
+            }
+            let (info, secret) = auth::create_key(pool, &scope, name.as_deref()).await?;
+            eprintln!(
+                "created {scope} API key {}; its secret is printed below, once (only a hash is stored):",
+                info.id
+            );
+            println!("{}", secret.expose());
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::List => {
+            let keys = auth::list_keys(pool).await?;
+            println!(
+                "{:<36}  {:<7}  {:<27}  {:<20}  {:<20}  name",
+                "id", "scope", "account", "created", "revoked"
+            );
+            let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
+            for key in keys {
+                println!(
+                    "{:<36}  {:<7}  {:<27}  {:<20}  {:<20}  {}",
+                    key.id,
+                    key.scope,
+                    key.account_iban.as_deref().unwrap_or("-"),
+                    time(key.created_at),
+                    key.revoked_at.map_or("-".to_owned(), time),
+                    key.name.as_deref().unwrap_or("")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Revoke { id } => match auth::revoke_key(pool, id).await? {
+            Revoked::Now => {
+                println!("revoked API key {id}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Revoked::Already => {
+                println!("API key {id} was already revoked");
+                Ok(ExitCode::SUCCESS)
+            }
+            Revoked::NoSuchKey => {
+                eprintln!("ledger: no API key {id}");
+                Ok(ExitCode::from(1))
+            }
+        },
     }
 }
 
@@ -506,6 +636,7 @@ async fn accounts(ledger: &Ledger, command: AccountsCommand) -> anyhow::Result<E
     use crate::problem::Problem;
 
     let mut context = CommandContext {
+        principal: Principal::operator(),
         request_id: format!("cli-{}", uuid::Uuid::now_v7()),
         idempotency: None,
     };
@@ -534,7 +665,7 @@ async fn accounts(ledger: &Ledger, command: AccountsCommand) -> anyhow::Result<E
             async {
                 let iban = ledger.lookup_iban(&iban, "iban")?;
                 if let Some(key) = idempotency_key {
-                    let key = IdempotencyKey::parse(key.as_bytes())?;
+                    let key = IdempotencyKey::parse(key.as_bytes(), context.principal.idempotency_scope())?;
                     context.idempotency = Some((key, request_hash("POST", &path, body.to_string().as_bytes())));
                 }
                 let request = parse_deposit(&body).map_err(Problem::validation)?;

@@ -25,6 +25,8 @@ pub struct NewEvent {
 /// An idempotency key to record with the events it produced.
 #[derive(Debug, Clone)]
 pub struct IdempotencyRecord {
+    /// The API key's scope (`''` without authentication) and the client's key.
+    pub scope: String,
     pub key: String,
     pub request_hash: [u8; 32],
     pub response_status: u16,
@@ -108,9 +110,9 @@ WITH ins AS (
     FROM unnest($2::bigint[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[], $8::bytea[]) AS u(v, t, s, d, m, h)
     RETURNING *
 ), idem AS (
-    INSERT INTO idempotency_keys (key, request_hash, stream_id, response_status, response_body)
-    SELECT k, h, $1, s, b
-    FROM unnest($9::text[], $10::bytea[], $11::int2[], $12::text[]) AS i(k, h, s, b)
+    INSERT INTO idempotency_keys (scope, key, request_hash, stream_id, response_status, response_body)
+    SELECT c, k, h, $1, s, b
+    FROM unnest($13::text[], $9::text[], $10::bytea[], $11::int2[], $12::text[]) AS i(c, k, h, s, b)
     RETURNING 1
 ), proj AS (
     SELECT projection_balances_apply(batch) AS balances, projection_transactions_apply(batch) AS transactions
@@ -179,6 +181,7 @@ pub async fn append<'e, E: sqlx::PgExecutor<'e>>(
         .bind(idempotency.iter().map(|i| i.request_hash.to_vec()).collect::<Vec<_>>())
         .bind(idempotency.iter().map(|i| i.response_status as i16).collect::<Vec<_>>())
         .bind(idempotency.iter().map(|i| i.response_body.as_str()).collect::<Vec<_>>())
+        .bind(idempotency.iter().map(|i| i.scope.as_str()).collect::<Vec<_>>())
         .fetch_one(executor)
         .await
         .map_err(classify)?;

@@ -1,6 +1,7 @@
 //! `/v1/accounts`: open, deposit (commands); the account and its history
 //! (queries).
 
+use axum::Extension;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, Method};
@@ -8,6 +9,7 @@ use axum::response::Response;
 use bytes::Bytes;
 
 use super::{ApiError, AppState, QueryMap, command_input, command_response, ok_json, query_map};
+use crate::app::auth::{Action, Principal};
 use crate::app::requests::{parse_deposit, parse_open_account};
 use crate::app::views::{AccountView, DepositView, PointInTimeView, TransactionPage};
 use crate::audit::StreamAudit;
@@ -31,12 +33,15 @@ use crate::problem::Problem;
 )]
 pub async fn open(
     State(ledger): State<AppState>,
+    Extension(principal): Extension<Principal>,
     method: Method,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let input = command_input(&headers, &method, uri.path(), body)?;
+    // Refused before the body is even read.
+    principal.authorize(Action::OpenAccount)?;
+    let input = command_input(principal, &headers, &method, uri.path(), body)?;
     let request = parse_open_account(&input.body, ledger.settings().iban_check).map_err(Problem::validation)?;
     Ok(command_response(ledger.open_account(&input.context, request).await?))
 }
@@ -59,14 +64,16 @@ pub async fn open(
 )]
 pub async fn deposit(
     State(ledger): State<AppState>,
+    Extension(principal): Extension<Principal>,
     iban: IbanPath,
     method: Method,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    principal.authorize(Action::Deposit)?;
     let iban = ledger.lookup_iban(&path_iban(iban)?, "iban")?;
-    let input = command_input(&headers, &method, uri.path(), body)?;
+    let input = command_input(principal, &headers, &method, uri.path(), body)?;
     let request = parse_deposit(&input.body).map_err(Problem::validation)?;
     Ok(command_response(ledger.deposit(&input.context, &iban, request).await?))
 }
@@ -83,9 +90,13 @@ pub async fn deposit(
         (status = 404, description = "No such account", content_type = "application/problem+json", body = Problem),
     )
 )]
-pub async fn get(State(ledger): State<AppState>, iban: IbanPath) -> Result<Response, ApiError> {
+pub async fn get(
+    State(ledger): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    iban: IbanPath,
+) -> Result<Response, ApiError> {
     let iban = ledger.lookup_iban(&path_iban(iban)?, "iban")?;
-    Ok(ok_json(&ledger.account(&iban).await?))
+    Ok(ok_json(&ledger.account(&principal, &iban).await?))
 }
 
 /// The account's history, newest first.
@@ -104,6 +115,7 @@ pub async fn get(State(ledger): State<AppState>, iban: IbanPath) -> Result<Respo
 )]
 pub async fn transactions(
     State(ledger): State<AppState>,
+    Extension(principal): Extension<Principal>,
     iban: IbanPath,
     query: QueryMap,
 ) -> Result<Response, ApiError> {
@@ -111,6 +123,7 @@ pub async fn transactions(
     let query = query_map(query)?;
     let page = ledger
         .transactions(
+            &principal,
             &iban,
             query.get("limit").map(String::as_str),
             query.get("cursor").map(String::as_str),
@@ -133,11 +146,17 @@ pub async fn transactions(
         (status = 404, description = "No such account at that point", content_type = "application/problem+json", body = Problem),
     )
 )]
-pub async fn balance_at(State(ledger): State<AppState>, iban: IbanPath, query: QueryMap) -> Result<Response, ApiError> {
+pub async fn balance_at(
+    State(ledger): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    iban: IbanPath,
+    query: QueryMap,
+) -> Result<Response, ApiError> {
     let iban = ledger.lookup_iban(&path_iban(iban)?, "iban")?;
     let query = query_map(query)?;
     let view = ledger
         .balance_at(
+            &principal,
             &iban,
             query.get("as_of").map(String::as_str),
             query.get("position").map(String::as_str),
@@ -157,9 +176,14 @@ pub async fn balance_at(State(ledger): State<AppState>, iban: IbanPath, query: Q
         (status = 404, description = "No such account", content_type = "application/problem+json", body = Problem),
     )
 )]
-pub async fn audit(State(ledger): State<AppState>, iban: IbanPath) -> Result<Response, ApiError> {
+pub async fn audit(
+    State(ledger): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    iban: IbanPath,
+) -> Result<Response, ApiError> {
+    principal.authorize(Action::Audit)?;
     let iban = ledger.lookup_iban(&path_iban(iban)?, "iban")?;
-    Ok(ok_json(&ledger.audit(&iban).await?))
+    Ok(ok_json(&ledger.audit(&principal, &iban).await?))
 }
 
 /// The `{iban}` path segment; a segment that is not UTF-8 is a 400 problem

@@ -60,7 +60,7 @@ fn internal() -> Problem {
 
 pub fn problem_response(problem: &Problem) -> Response {
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
+    let mut response = (
         status,
         [(
             header::CONTENT_TYPE,
@@ -68,7 +68,15 @@ pub fn problem_response(problem: &Problem) -> Response {
         )],
         problem.to_json(),
     )
-        .into_response()
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        // RFC 6750 §3: how to authenticate.
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Bearer realm="ledger""#),
+        );
+    }
+    response
 }
 
 pub fn body_rejection(rejection: BytesRejection) -> ApiError {

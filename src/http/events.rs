@@ -1,7 +1,10 @@
 //! `GET /v1/events`: the global log in commit-safe order, for downstream
 //! consumers.
 
+use axum::Extension;
 use axum::extract::State;
+
+use crate::app::auth::Principal;
 use axum::response::Response;
 
 use crate::app::views::FeedPage;
@@ -21,10 +24,15 @@ use super::{ApiError, AppState, QueryMap, ok_json, query_map};
         (status = 400, description = "Bad after or limit", content_type = "application/problem+json", body = Problem),
     )
 )]
-pub async fn feed(State(ledger): State<AppState>, query: QueryMap) -> Result<Response, ApiError> {
+pub async fn feed(
+    State(ledger): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    query: QueryMap,
+) -> Result<Response, ApiError> {
     let query = query_map(query)?;
     let page = ledger
         .events(
+            &principal,
             query.get("after").map(String::as_str),
             query.get("limit").map(String::as_str),
         )

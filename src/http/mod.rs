@@ -22,6 +22,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
+use crate::app::auth::Principal;
 use crate::app::idempotency::{IdempotencyKey, request_hash};
 use crate::app::{CommandContext, CommandResponse, Ledger};
 use crate::problem::{FieldError, Problem};
@@ -40,7 +41,7 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
     crate::observability::prometheus();
     let body_limit = ledger.settings().limits.body_bytes_max;
     let request_timeout = ledger.settings().limits.request_timeout;
-    Router::new()
+    let api = Router::new()
         .route("/v1/accounts", post(accounts::open))
         .route("/v1/accounts/{iban}", get(accounts::get))
         .route("/v1/accounts/{iban}/deposits", post(accounts::deposit))
@@ -49,6 +50,10 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
         .route("/v1/accounts/{iban}/audit", get(accounts::audit))
         .route("/v1/events", get(events::feed))
         .route("/v1/transfer/bulk", post(transfers::bulk))
+        // Runs for matched routes only: an unknown path is a 404 to anyone.
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&ledger), authenticate));
+    Router::new()
+        .merge(api)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
@@ -56,19 +61,32 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn(move |request, next| time_limit(request_timeout, request, next)))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            time_limit(request_timeout, request, next)
+        }))
         .layer(axum::middleware::from_fn(track_requests))
         // One span per request, carrying its id and route; the response
         // line adds status and latency. Errors inside are logged in it.
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &axum::http::Request<_>| {
-                    let request_id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+                    let request_id = request
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
                     let route = request
                         .extensions()
                         .get::<axum::extract::MatchedPath>()
                         .map_or("unmatched", |path| path.as_str());
-                    tracing::info_span!("request", method = %request.method(), route, path = %request.uri().path(), request_id)
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        route,
+                        path = %request.uri().path(),
+                        request_id,
+                        api_key_id = tracing::field::Empty,
+                    )
                 })
                 .on_request(())
                 .on_response(
@@ -81,6 +99,26 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
         .layer(CatchPanicLayer::custom(errors::panic_response))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// Authenticates the caller of an API route: a 401 problem without a valid
+/// key, else the [`Principal`] for the handler (and its key id in the log).
+async fn authenticate(
+    State(ledger): State<AppState>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let authorization = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    match ledger.authenticate(authorization).await {
+        Ok(principal) => {
+            if let Some(id) = principal.key_id() {
+                tracing::Span::current().record("api_key_id", tracing::field::display(id));
+            }
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(error) => ApiError::from(error).into_response(),
+    }
 }
 
 /// Answers 503 when a request outlives its time limit. A command already
@@ -218,6 +256,7 @@ pub(crate) struct CommandInput {
 }
 
 pub(crate) fn command_input(
+    principal: Principal,
     headers: &axum::http::HeaderMap,
     method: &Method,
     path: &str,
@@ -252,7 +291,7 @@ pub(crate) fn command_input(
     let idempotency = match headers.get(IDEMPOTENCY_KEY) {
         None => None,
         Some(raw) => Some((
-            IdempotencyKey::parse(raw.as_bytes())?,
+            IdempotencyKey::parse(raw.as_bytes(), principal.idempotency_scope())?,
             request_hash(method.as_str(), path, &body),
         )),
     };
@@ -260,6 +299,7 @@ pub(crate) fn command_input(
         .map_err(|error| Problem::validation(vec![FieldError::new("body", format!("is not valid JSON: {error}"))]))?;
     Ok(CommandInput {
         context: CommandContext {
+            principal,
             request_id,
             idempotency,
         },

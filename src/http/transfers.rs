@@ -1,5 +1,6 @@
 //! `POST /v1/transfer/bulk`: the seed's endpoint, body and status codes.
 
+use axum::Extension;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, Method};
@@ -7,6 +8,7 @@ use axum::response::Response;
 use bytes::Bytes;
 
 use super::{ApiError, AppState, command_input, command_response};
+use crate::app::auth::Principal;
 use crate::app::requests::parse_bulk_transfer;
 use crate::app::views::BulkTransferView;
 use crate::http::openapi::BulkTransferBody;
@@ -30,12 +32,13 @@ use crate::problem::Problem;
 )]
 pub async fn bulk(
     State(ledger): State<AppState>,
+    Extension(principal): Extension<Principal>,
     method: Method,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let input = command_input(&headers, &method, uri.path(), body)?;
+    let input = command_input(principal, &headers, &method, uri.path(), body)?;
     let settings = ledger.settings();
     let request = parse_bulk_transfer(&input.body, settings.iban_check, settings.limits.transfers_per_bulk_max)
         .map_err(Problem::validation)?;

@@ -349,7 +349,7 @@ async fn a_rebuild_while_serving_reproduces_the_projections() {
     let db = TestDb::new().await;
     let url = db.url();
     let binary = Binary::serve(&[("DATABASE_URL", &url), ("LEDGER_IBAN_CHECK", "structure")]);
-    let client = client();
+    let client = binary.client.clone();
     open_acme(&client, &binary.base, 1_000_000).await;
     for i in 0..30 {
         let body = bulk(

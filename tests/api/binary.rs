@@ -78,7 +78,8 @@ async fn cli_commands_open_and_fund_an_account_the_api_then_serves() {
     assert_eq!(output.status.code(), Some(2));
 
     let binary = Binary::serve(&env);
-    let response = client()
+    let response = binary
+        .client
         .get(format!("{}/v1/accounts/{ACME_IBAN}", binary.base))
         .send()
         .await
@@ -97,7 +98,7 @@ async fn the_embedded_default_creates_starts_and_keeps_a_local_cluster() {
     let env = [("LEDGER_DATA_DIR", data_dir.as_str())];
     {
         let binary = Binary::serve(&env);
-        let client = client();
+        let client = binary.client.clone();
         let response = client.get(format!("{}/readyz", binary.base)).send().await.unwrap();
         assert_eq!(response.status().as_u16(), 200);
         let response = client
@@ -110,7 +111,8 @@ async fn the_embedded_default_creates_starts_and_keeps_a_local_cluster() {
     }
     // A second run finds the cluster (still running or restarted) and its data.
     let binary = Binary::serve(&env);
-    let response = client()
+    let response = binary
+        .client
         .get(format!("{}/v1/accounts/DE89370400440532013000", binary.base))
         .send()
         .await

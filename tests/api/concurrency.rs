@@ -101,7 +101,7 @@ async fn two_servers_on_one_database_never_overdraw() {
     let env = [("DATABASE_URL", url.as_str()), ("LEDGER_IBAN_CHECK", "structure")];
     let first = Binary::serve(&env);
     let second = Binary::serve(&env);
-    let client = client();
+    let client = first.client.clone();
     open_acme(&client, &first.base, 10_000).await;
     let body = bulk(vec![transfer("3.00")]);
     let requests = (0..60).map(|i| {

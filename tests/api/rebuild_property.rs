@@ -2,6 +2,7 @@
 //! the log gives exactly the tables the incremental (inline) path built,
 //! row for row — and the domain fold agrees with both.
 
+use ledger::app::auth::Principal;
 use ledger::app::requests::{BulkTransferRequest, CreditTransferRequest, DepositRequest, OpenAccountRequest};
 use ledger::app::{CommandContext, Ledger};
 use ledger::domain::{Amount, Bic, Currency, Iban, IbanCheck};
@@ -35,7 +36,11 @@ fn iban(index: usize) -> Iban {
 }
 
 async fn apply(ledger: &Ledger, op: &Op) {
-    let context = CommandContext::default();
+    let context = CommandContext {
+        principal: Principal::operator(),
+        request_id: String::new(),
+        idempotency: None,
+    };
     // Refusals (unknown account, already open, insufficient funds) are part
     // of the property: they must leave the projections as the log says.
     let _ = match op {

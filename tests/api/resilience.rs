@@ -19,7 +19,7 @@ async fn a_server_killed_mid_load_loses_nothing_it_acknowledged() {
     let url = db.url();
     let env = [("DATABASE_URL", url.as_str()), ("LEDGER_IBAN_CHECK", "structure")];
     let mut server = Binary::serve(&env);
-    let client = client();
+    let client = server.client.clone();
     open_acme(&client, &server.base, 100_000_000).await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -124,7 +124,7 @@ async fn sigterm_finishes_in_flight_requests_and_exits_cleanly() {
     let url = db.url();
     let env = [("DATABASE_URL", url.as_str()), ("LEDGER_IBAN_CHECK", "structure")];
     let mut server = Binary::serve(&env);
-    let client = client();
+    let client = server.client.clone();
     open_acme(&client, &server.base, 100_000_000).await;
     // A batch of bulks in flight when the signal arrives.
     let in_flight: Vec<_> = (0..16)
@@ -186,7 +186,7 @@ async fn a_request_over_its_time_limit_is_a_503_and_its_key_tells_the_outcome() 
         ("LEDGER_REQUEST_TIMEOUT_MS", "1"),
     ]);
     let patient = Binary::serve(&[("DATABASE_URL", &url), ("LEDGER_IBAN_CHECK", "structure")]);
-    let client = client();
+    let client = patient.client.clone();
     open_acme(&client, &patient.base, 100_000_000).await;
     let body = bulk(vec![transfer("1.00"); 1_000]);
     let response = client
@@ -233,7 +233,7 @@ async fn a_statement_over_its_time_limit_is_cancelled_and_writes_nothing() {
     let db = TestDb::new().await;
     let url = db.url();
     let funded = Binary::serve(&[("DATABASE_URL", &url), ("LEDGER_IBAN_CHECK", "structure")]);
-    let client = client();
+    let client = funded.client.clone();
     open_acme(&client, &funded.base, 100_000_000).await;
     drop(funded);
     let strict = Binary::serve(&[
@@ -276,7 +276,7 @@ async fn a_database_outage_is_a_fast_503_and_the_service_recovers_without_a_rest
         ("LEDGER_IBAN_CHECK", "structure"),
         ("LEDGER_POOL_ACQUIRE_TIMEOUT_MS", "1000"),
     ]);
-    let client = client();
+    let client = server.client.clone();
     open_acme(&client, &server.base, 100_000_000).await;
     let post = || {
         client

@@ -27,7 +27,7 @@ async fn acme_balance(client: &reqwest::Client, base: &str) -> i64 {
 #[tokio::test]
 async fn sample1_books_three_transfers_and_leaves_37748_50() {
     let (binary, _db) = serve_seed().await;
-    let client = client();
+    let client = binary.client.clone();
     open_acme(&client, &binary.base, 10_000_000).await;
 
     let response = client
@@ -85,7 +85,7 @@ async fn sample1_books_three_transfers_and_leaves_37748_50() {
 #[tokio::test]
 async fn sample1_posted_concurrently_is_accepted_exactly_once() {
     let (binary, db) = serve_seed().await;
-    let client = client();
+    let client = binary.client.clone();
     open_acme(&client, &binary.base, 10_000_000).await;
     let body = fixture("sample1.json");
     let attempts = join_all((0..20).map(|_| {
@@ -118,7 +118,7 @@ async fn sample1_posted_concurrently_is_accepted_exactly_once() {
 #[tokio::test]
 async fn sample2_is_refused_for_insufficient_funds_and_books_nothing() {
     let (binary, _db) = serve_seed().await;
-    let client = client();
+    let client = binary.client.clone();
     open_acme(&client, &binary.base, 10_000_000).await;
     let response = client
         .post(format!("{}/v1/transfer/bulk", binary.base))
@@ -152,7 +152,8 @@ async fn sample2_is_refused_for_insufficient_funds_and_books_nothing() {
 async fn the_seed_ibans_are_refused_by_the_default_full_check() {
     let db = TestDb::new().await;
     let binary = Binary::serve(&[("DATABASE_URL", &db.url())]);
-    let response = client()
+    let response = binary
+        .client
         .post(format!("{}/v1/accounts", binary.base))
         .json(&json!({"organization_name": ACME_NAME, "iban": ACME_IBAN, "bic": ACME_BIC}))
         .send()

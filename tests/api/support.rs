@@ -9,6 +9,7 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use ledger::app::auth::{self, Scope};
 use ledger::app::{Ledger, Settings};
 use ledger::domain::IbanCheck;
 use ledger::pg::Cluster;
@@ -138,7 +139,9 @@ impl TestDb {
 pub struct TestApp {
     pub base: String,
     pub ledger: Arc<Ledger>,
+    /// Sends the admin key with every request.
     pub client: reqwest::Client,
+    pub admin_key: String,
     pub pool: PgPool,
     pub db: TestDb,
 }
@@ -166,10 +169,14 @@ impl TestApp {
         tokio::spawn(async move {
             axum::serve(listener, ledger::http::router(served)).await.unwrap();
         });
+        let watcher = Arc::clone(&ledger);
+        tokio::spawn(async move { watcher.watch_key_changes().await });
+        let admin_key = create_key(&pool, Scope::Admin).await;
         TestApp {
             base: format!("http://{address}"),
             ledger,
-            client: client(),
+            client: client_with_key(Some(&admin_key)),
+            admin_key,
             pool,
             db,
         }
@@ -207,11 +214,30 @@ impl TestApp {
     }
 }
 
+/// A client without credentials.
 pub fn client() -> reqwest::Client {
+    client_with_key(None)
+}
+
+/// A client sending `Authorization: Bearer <key>` with every request.
+pub fn client_with_key(key: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = key {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).unwrap();
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
+        .default_headers(headers)
         .build()
         .unwrap()
+}
+
+/// A new API key's full text, created through the library.
+pub async fn create_key(pool: &PgPool, scope: Scope) -> String {
+    let (_, secret) = auth::create_key(pool, &scope, Some("tests")).await.unwrap();
+    secret.expose().to_owned()
 }
 
 pub async fn into_parts(response: reqwest::Response) -> (u16, Value) {
@@ -266,10 +292,18 @@ pub fn bulk(transfers: Vec<Value>) -> Value {
 pub struct Binary {
     pub child: Child,
     pub base: String,
+    /// The admin key `serve` printed on its first start (embedded default).
+    pub first_key: Option<String>,
+    /// An admin key (the first key, or one made with `ledger keys create
+    /// --admin`); `None` when authentication is disabled.
+    pub key: Option<String>,
+    /// Sends `key` with every request.
+    pub client: reqwest::Client,
 }
 
 impl Binary {
-    /// `ledger serve` on an ephemeral port with the given environment.
+    /// `ledger serve` on an ephemeral port with the given environment, and
+    /// an admin key to call it with.
     pub fn serve(envs: &[(&str, &str)]) -> Binary {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
         command
@@ -286,16 +320,43 @@ impl Binary {
         let stdout = child.stdout.take().unwrap();
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut first_key = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(key) = line.strip_prefix("LEDGER_API_KEY=") {
+                    first_key = Some(key.to_owned());
+                }
                 if let Some(address) = line.strip_prefix("ledger listening on ") {
-                    let _ = sender.send(address.to_owned());
+                    let _ = sender.send((address.to_owned(), first_key.take()));
                 }
             }
         });
-        let base = receiver
+        let (base, first_key) = receiver
             .recv_timeout(Duration::from_secs(60))
             .expect("ledger serve printed its address");
-        Binary { child, base }
+        let disabled = envs.iter().any(|(k, v)| *k == "LEDGER_AUTH" && *v == "disabled");
+        let key = if disabled {
+            None
+        } else if first_key.is_some() {
+            first_key.clone()
+        } else {
+            // Only where the database is: the server's other settings (a
+            // 1 ms statement timeout...) are not the key's business.
+            let database: Vec<(&str, &str)> = envs
+                .iter()
+                .copied()
+                .filter(|(k, _)| matches!(*k, "DATABASE_URL" | "LEDGER_DATA_DIR"))
+                .collect();
+            let output = run_ledger(&["keys", "create", "--admin"], &database);
+            assert!(output.status.success(), "keys create: {output:?}");
+            Some(String::from_utf8(output.stdout).unwrap().trim().to_owned())
+        };
+        Binary {
+            child,
+            base,
+            first_key,
+            client: client_with_key(key.as_deref()),
+            key,
+        }
     }
 }
 
