@@ -349,7 +349,7 @@ async fn announce_auth(ledger: &Ledger, mode: AuthMode, embedded: bool) -> anyho
             "created the first admin API key {} (shown once; `ledger keys create --admin` makes another):",
             info.id
         );
-        println!("LEDGER_API_KEY={}", secret.expose());
+        println!("export LEDGER_API_KEY={}", secret.expose());
     } else if !auth::has_active_admin_key(ledger.pool()).await? {
         tracing::warn!("no active admin API key: create one with `ledger keys create --admin`");
     }

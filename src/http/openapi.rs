@@ -101,7 +101,10 @@ pub struct BulkTransferBody {
         title = "ledger",
         description = "An event-sourced transfer ledger for a business bank. Commands (POST) append events; \
                        queries (GET) read projections or replay the log. Every error is an RFC 9457 problem \
-                       (application/problem+json). Every command accepts an Idempotency-Key header.",
+                       (application/problem+json). Every command accepts an Idempotency-Key header. \
+                       Every /v1 route needs an API key (`Authorization: Bearer <key>`, made with \
+                       `ledger keys create`): admin keys may do everything, account keys may post bulk \
+                       transfers from their account and read it, nothing else.",
         license(name = "MIT OR Apache-2.0")
     ),
     paths(
@@ -122,7 +125,7 @@ pub struct BulkTransferBody {
         BulkTransferView, TransactionView, TransactionPage, PointInTimeView, FeedPage, FeedEventView, StreamAudit,
         Difference, Problem, FieldError
     )),
-    modifiers(&Version),
+    modifiers(&Version, &Security),
     tags(
         (name = "commands", description = "Writes: each appends events to one account's stream"),
         (name = "queries", description = "Reads: projections, or replays of the log"),
@@ -137,6 +140,62 @@ struct Version;
 impl Modify for Version {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    }
+}
+
+/// The name of the API key scheme in `components.securitySchemes`.
+pub const SECURITY_SCHEME: &str = "api_key";
+
+/// Declares the bearer API key, requires it on every `/v1` operation and
+/// documents the 401 and 403 each of them may answer.
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            SECURITY_SCHEME,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("ldgr_<id>_<secret>")
+                    .description(Some(
+                        "An API key from `ledger keys create --admin` or `ledger keys create --account IBAN`",
+                    ))
+                    .build(),
+            ),
+        );
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+                operation.security = Some(vec![SecurityRequirement::new(SECURITY_SCHEME, Vec::<String>::new())]);
+                let responses = &mut operation.responses.responses;
+                responses.insert(
+                    "401".to_owned(),
+                    problem("No API key, or not a valid one (unknown, revoked, mistyped)").into(),
+                );
+                responses.insert(
+                    "403".to_owned(),
+                    problem("The API key may not do this (an account key acting on another account, or on an admin route); nothing was changed").into(),
+                );
+            }
+        }
     }
 }
 
@@ -167,5 +226,30 @@ mod tests {
             .collect();
         assert_eq!(documented, served);
         assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
+    }
+
+    /// Every `/v1` operation needs the bearer key and documents 401 and 403;
+    /// the operations endpoints need nothing.
+    #[test]
+    fn api_routes_require_the_api_key() {
+        let spec = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let scheme = &spec["components"]["securitySchemes"][SECURITY_SCHEME];
+        assert_eq!(scheme["type"], "http");
+        assert_eq!(scheme["scheme"], "bearer");
+        for (method, path) in ROUTES {
+            let operation = &spec["paths"][path][method];
+            if path.starts_with("/v1/") {
+                assert_eq!(
+                    operation["security"],
+                    serde_json::json!([{ SECURITY_SCHEME: [] }]),
+                    "{method} {path}"
+                );
+                for status in ["401", "403"] {
+                    assert!(operation["responses"][status].is_object(), "{method} {path} {status}");
+                }
+            } else {
+                assert!(operation.get("security").is_none(), "{method} {path}");
+            }
+        }
     }
 }

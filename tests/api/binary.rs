@@ -96,23 +96,34 @@ async fn the_embedded_default_creates_starts_and_keeps_a_local_cluster() {
     let dir = std::env::temp_dir().join(format!("ledger-embedded-{}", uuid::Uuid::new_v4().simple()));
     let data_dir = dir.to_str().unwrap().to_owned();
     let env = [("LEDGER_DATA_DIR", data_dir.as_str())];
-    {
+    let first_key = {
         let binary = Binary::serve(&env);
-        let client = binary.client.clone();
-        let response = client.get(format!("{}/readyz", binary.base)).send().await.unwrap();
+        // The first start prints an admin key, so the API is usable at once.
+        let first_key = binary.first_key.clone().expect("the first start prints an admin key");
+        assert!(first_key.starts_with("ldgr_"), "{first_key}");
+        let admin = binary.client.clone();
+        let response = admin.get(format!("{}/readyz", binary.base)).send().await.unwrap();
         assert_eq!(response.status().as_u16(), 200);
-        let response = client
+        let response = client()
+            .get(format!("{}/v1/accounts/DE89370400440532013000", binary.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 401, "no key, no entry");
+        let response = admin
             .post(format!("{}/v1/accounts", binary.base))
             .json(&json!({"organization_name": "Globex", "iban": "DE89370400440532013000", "bic": "COBADEFFXXX"}))
             .send()
             .await
             .unwrap();
         assert_eq!(response.status().as_u16(), 201);
-    }
-    // A second run finds the cluster (still running or restarted) and its data.
+        first_key
+    };
+    // A second run finds the cluster (still running or restarted) and its
+    // data, and prints no new key: the first one still works.
     let binary = Binary::serve(&env);
-    let response = binary
-        .client
+    assert!(binary.first_key.is_none());
+    let response = client_with_key(Some(&first_key))
         .get(format!("{}/v1/accounts/DE89370400440532013000", binary.base))
         .send()
         .await

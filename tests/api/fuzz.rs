@@ -71,7 +71,17 @@ struct Request {
     query: String,
     content_type: Option<String>,
     idempotency_key: Option<String>,
+    authorization: Authorization,
     body: Vec<u8>,
+}
+
+/// The admin key (the client's default), or another credential instead.
+#[derive(Debug, Clone)]
+enum Authorization {
+    Admin,
+    /// The admin key with one character changed at this position.
+    AdminMutated(usize),
+    Header(String),
 }
 
 fn request() -> impl Strategy<Value = Request> {
@@ -108,13 +118,19 @@ fn request() -> impl Strategy<Value = Request> {
         "application/json; charset=utf-8".to_owned(),
     ]));
     let key = prop::option::of("[ -~]{0,300}");
-    (method, path, query, content_type, key, bulk_body()).prop_map(
-        |(method, path, query, content_type, idempotency_key, body)| Request {
+    let authorization = prop_oneof![
+        4 => Just(Authorization::Admin),
+        1 => (0_usize..81).prop_map(Authorization::AdminMutated),
+        1 => "(Bearer |bearer |Basic )?[ -~]{0,100}".prop_map(Authorization::Header),
+    ];
+    (method, path, query, content_type, key, authorization, bulk_body()).prop_map(
+        |(method, path, query, content_type, idempotency_key, authorization, body)| Request {
             method,
             path,
             query,
             content_type,
             idempotency_key,
+            authorization,
             body,
         },
     )
@@ -141,6 +157,16 @@ proptest! {
                 }
                 if let Some(key) = &request.idempotency_key {
                     builder = builder.header("Idempotency-Key", key);
+                }
+                match &request.authorization {
+                    Authorization::Admin => {}
+                    Authorization::AdminMutated(at) => {
+                        let mut key = app.admin_key.clone().into_bytes();
+                        let at = at % key.len();
+                        key[at] = if key[at] == b'x' { b'y' } else { b'x' };
+                        builder = builder.header("Authorization", format!("Bearer {}", String::from_utf8(key).unwrap()));
+                    }
+                    Authorization::Header(value) => builder = builder.header("Authorization", value),
                 }
                 let response = builder.send().await.map_err(|e| TestCaseError::fail(format!("{e}")))?;
                 let status = response.status().as_u16();

@@ -2,6 +2,7 @@
 //! they share one throw-away cluster; each test gets its own database.
 
 mod audit;
+mod auth;
 mod binary;
 mod concurrency;
 mod containers;

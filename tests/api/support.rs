@@ -322,7 +322,7 @@ impl Binary {
         std::thread::spawn(move || {
             let mut first_key = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(key) = line.strip_prefix("LEDGER_API_KEY=") {
+                if let Some(key) = line.strip_prefix("export LEDGER_API_KEY=") {
                     first_key = Some(key.to_owned());
                 }
                 if let Some(address) = line.strip_prefix("ledger listening on ") {
