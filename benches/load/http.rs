@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::header::{AUTHORIZATION as AUTHORIZATION_HEADER, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -82,6 +82,18 @@ pub fn bulk_body(account: &Account, transfers: usize) -> Bytes {
     Bytes::from(serde_json::to_vec(&body).expect("a JSON value serializes"))
 }
 
+/// `Authorization: Bearer <key>`, sent with every request once set.
+static AUTHORIZATION: std::sync::OnceLock<HeaderValue> = std::sync::OnceLock::new();
+
+/// Makes every request carry this API key.
+pub fn use_api_key(key: &str) -> anyhow::Result<()> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {key}")).context("an API key is a header value")?;
+    value.set_sensitive(true);
+    AUTHORIZATION
+        .set(value)
+        .map_err(|_| anyhow::anyhow!("the API key is set once per run"))
+}
+
 /// One HTTP/1.1 keep-alive connection to the server.
 pub struct Connection {
     sender: SendRequest<Full<Bytes>>,
@@ -119,6 +131,9 @@ impl Connection {
             .uri(path)
             .header(HOST, self.host.clone())
             .header(CONTENT_TYPE, "application/json");
+        if let Some(authorization) = AUTHORIZATION.get() {
+            request = request.header(AUTHORIZATION_HEADER, authorization.clone());
+        }
         if let Some(key) = idempotency_key {
             request = request.header("idempotency-key", key);
         }

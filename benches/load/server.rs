@@ -28,6 +28,20 @@ impl Server {
     /// `database_url`, its stderr (the log) going to `log`. Other `LEDGER_*`
     /// settings in our environment (e.g. `LEDGER_POOL_SIZE`) pass through.
     pub fn start(binary: &Path, database_url: &str, log: &Path) -> anyhow::Result<Server> {
+        // An admin key for every request, made the way an operator would.
+        let created = Command::new(binary)
+            .args(["keys", "create", "--admin", "--name", "load benchmark"])
+            .env("DATABASE_URL", database_url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .with_context(|| format!("cannot run {} keys create", binary.display()))?;
+        if !created.status.success() {
+            bail!(
+                "ledger keys create failed: {}",
+                String::from_utf8_lossy(&created.stderr)
+            );
+        }
+        super::http::use_api_key(String::from_utf8_lossy(&created.stdout).trim())?;
         let log_file = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let mut child = Command::new(binary)
             .arg("serve")

@@ -380,7 +380,7 @@ async fn keys(pool: &PgPool, iban_check: IbanCheck, command: KeysCommand) -> any
             }
             let (info, secret) = auth::create_key(pool, &scope, name.as_deref()).await?;
             eprintln!(
-                "created {scope} API key {}; its secret is printed below, once (only a hash is stored):",
+                "created API key {} ({scope}); the key is printed on stdout, this once (only a hash is stored)",
                 info.id
             );
             println!("{}", secret.expose());

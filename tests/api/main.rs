@@ -10,6 +10,7 @@ mod docs;
 mod event_store;
 mod fuzz;
 mod idempotency;
+mod limits;
 mod money;
 mod queries;
 mod rebuild_property;
