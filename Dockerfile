@@ -12,7 +12,7 @@ FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 ledger
 COPY --from=build /src/target/release/ledger /usr/local/bin/ledger
 USER ledger
-ENV LEDGER_LISTEN=0.0.0.0:8080
-EXPOSE 8080
+ENV LEDGER_LISTEN=0.0.0.0:8080 LEDGER_GRPC_LISTEN=0.0.0.0:8000
+EXPOSE 8080 8000
 ENTRYPOINT ["ledger"]
 CMD ["serve"]

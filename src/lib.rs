@@ -14,6 +14,8 @@
 //!   conflict) and queries.
 //! - [`http`]: the axum API; thin, maps `app` results to responses and
 //!   errors to RFC 9457 problems.
+//! - [`grpc`]: the tonic API beside it (`proto/`), as thin, over the same
+//!   `app` calls.
 //! - [`pg`]: the project-local PostgreSQL cluster used when no
 //!   `DATABASE_URL` is given, and by the tests.
 //! - [`cli`]: the `ledger` binary's subcommands.
@@ -24,6 +26,7 @@ pub mod cli;
 pub mod db;
 pub mod domain;
 pub mod event_store;
+pub mod grpc;
 pub mod http;
 pub mod observability;
 pub mod pg;

@@ -10,6 +10,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const HTTP_REQUESTS: &str = "ledger_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "ledger_http_request_duration_seconds";
+pub const GRPC_REQUESTS: &str = "ledger_grpc_requests_total";
+pub const GRPC_REQUEST_DURATION: &str = "ledger_grpc_request_duration_seconds";
 pub const COMMANDS: &str = "ledger_commands_total";
 pub const EVENTS_APPENDED: &str = "ledger_events_appended_total";
 pub const BATCH_COMMANDS: &str = "ledger_group_commit_batch_commands";
@@ -31,6 +33,9 @@ pub fn prometheus() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_DURATION.to_owned()), LATENCY_BUCKETS_SECONDS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(GRPC_REQUEST_DURATION.to_owned()), LATENCY_BUCKETS_SECONDS)
+            })
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_COMMANDS.to_owned()), BATCH_HISTOGRAM_BUCKETS))
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_DURATION.to_owned()), LATENCY_BUCKETS_SECONDS))
             .expect("bucket lists are non-empty")
@@ -52,6 +57,12 @@ fn describe() {
         HTTP_REQUEST_DURATION,
         Unit::Seconds,
         "HTTP request latency by method, route and status"
+    );
+    describe_counter!(GRPC_REQUESTS, "gRPC calls by method and status code");
+    describe_histogram!(
+        GRPC_REQUEST_DURATION,
+        Unit::Seconds,
+        "gRPC call latency (a stream: until it ends) by method and status code"
     );
     describe_counter!(COMMANDS, "Commands by command and outcome (accepted, or the refusal)");
     describe_counter!(EVENTS_APPENDED, "Events appended to the log, by type");
@@ -78,4 +89,10 @@ pub fn record_http(method: &str, route: &str, status: u16, elapsed: Duration) {
     ];
     metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
     metrics::histogram!(HTTP_REQUEST_DURATION, &labels).record(elapsed.as_secs_f64());
+}
+
+pub fn record_grpc(method: &str, code: tonic::Code, elapsed: Duration) {
+    let labels = [("method", method.to_owned()), ("code", format!("{code:?}"))];
+    metrics::counter!(GRPC_REQUESTS, &labels).increment(1);
+    metrics::histogram!(GRPC_REQUEST_DURATION, &labels).record(elapsed.as_secs_f64());
 }

@@ -1,11 +1,11 @@
 //! RFC 9457 problem details: the body of every 4xx and 5xx response.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// One invalid input, named by its JSON path (`credit_transfers[2].amount`),
 /// query parameter or header.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -23,14 +23,15 @@ impl FieldError {
 /// A client-visible failure. Only 4xx and 503 problems are built from
 /// domain outcomes; a 500 is built by the HTTP layer from an operational
 /// error, which is logged and never echoed.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+/// Deserializable too: a recorded refusal is read back for gRPC.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,
     pub title: String,
     pub status: u16,
     pub detail: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
     /// Extension members specific to the problem type (e.g. `requested_cents`).
     #[serde(flatten)]

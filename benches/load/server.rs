@@ -47,6 +47,7 @@ impl Server {
             .arg("serve")
             .env("DATABASE_URL", database_url)
             .env("LEDGER_LISTEN", "127.0.0.1:0")
+            .env("LEDGER_GRPC_LISTEN", "127.0.0.1:0")
             .env("LEDGER_IBAN_CHECK", "full")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -551,6 +551,7 @@ impl Ledger {
             events: events
                 .into_iter()
                 .map(|e| FeedEventView {
+                    after: e.cursor().token(),
                     position: e.event.position,
                     stream_id: e.event.stream_id,
                     version: e.event.version,

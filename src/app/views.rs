@@ -2,12 +2,13 @@
 //! currency's digits and integer minor units.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::{Account, Currency, format_amount};
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+/// Deserializable too: a recorded (idempotent) response is read back for gRPC.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AccountView {
     pub account_id: Uuid,
     pub organization_name: String,
@@ -37,7 +38,8 @@ impl AccountView {
     }
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+/// Deserializable too: a recorded (idempotent) response is read back for gRPC.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DepositView {
     pub transaction_id: Uuid,
     pub account_id: Uuid,
@@ -51,7 +53,8 @@ pub struct DepositView {
     pub version: i64,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+/// Deserializable too: a recorded (idempotent) response is read back for gRPC.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BulkTransferView {
     pub bulk_id: Uuid,
     pub account_id: Uuid,
@@ -128,6 +131,8 @@ pub struct FeedEventView {
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     pub recorded_at: DateTime<Utc>,
+    /// Pass as `after` to resume right after this event.
+    pub after: String,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

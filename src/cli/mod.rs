@@ -149,6 +149,9 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "LEDGER_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Address of the gRPC API (`proto/`), or `off`.
+    #[arg(long, env = "LEDGER_GRPC_LISTEN", default_value = "127.0.0.1:8000", value_parser = parse_grpc_listen)]
+    grpc_listen: GrpcListen,
     /// `enabled`: every API call needs `Authorization: Bearer <key>`;
     /// `disabled`: anyone may do anything (local experiments only).
     #[arg(long, env = "LEDGER_AUTH", value_enum, default_value_t = AuthMode::Enabled)]
@@ -182,6 +185,22 @@ struct ServeArgs {
     #[arg(long, env = "LEDGER_BATCH_WAIT_US", default_value_t = GroupCommitSettings::default().batch_wait.as_micros() as u64,
           value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     batch_wait_us: u64,
+}
+
+/// Where the gRPC API listens, if anywhere.
+#[derive(Debug, Clone, Copy)]
+enum GrpcListen {
+    Off,
+    At(SocketAddr),
+}
+
+fn parse_grpc_listen(text: &str) -> Result<GrpcListen, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(GrpcListen::Off);
+    }
+    text.parse()
+        .map(GrpcListen::At)
+        .map_err(|_| format!("{text:?} is neither an address (host:port) nor `off`"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -291,7 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ledger.pool().clone(),
                 Duration::from_secs(args.idempotency_ttl_hours * 3600),
             ));
-            serve(ledger, args.listen).await?;
+            serve(ledger, args.listen, args.grpc_listen).await?;
             Ok(ExitCode::SUCCESS)
         }
         Commands::Accounts(command) => {
@@ -350,8 +369,14 @@ async fn announce_auth(ledger: &Ledger, mode: AuthMode, embedded: bool) -> anyho
             info.id
         );
         println!("export LEDGER_API_KEY={}", secret.expose());
-    } else if !auth::has_active_admin_key(ledger.pool()).await? {
-        tracing::warn!("no active admin API key: create one with `ledger keys create --admin`");
+    } else {
+        // Advice only: a failed check (a tight statement timeout...) does
+        // not keep the server from starting.
+        match auth::has_active_admin_key(ledger.pool()).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!("no active admin API key: create one with `ledger keys create --admin`"),
+            Err(error) => tracing::warn!(%error, "cannot check for an active admin API key"),
+        }
     }
     Ok(())
 }
@@ -592,22 +617,69 @@ async fn connect(cli: &Cli) -> anyhow::Result<PgPool> {
         .context("connecting to PostgreSQL")
 }
 
-async fn serve(ledger: Arc<Ledger>, listen: SocketAddr) -> anyhow::Result<()> {
+async fn serve(ledger: Arc<Ledger>, listen: SocketAddr, grpc_listen: GrpcListen) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
+    let grpc_listener = match grpc_listen {
+        GrpcListen::Off => None,
+        GrpcListen::At(at) => Some(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen for gRPC on {at} (LEDGER_GRPC_LISTEN=off turns gRPC off)"))?,
+        ),
+    };
     tracing::info!(%address, "serving");
-    // A machine-readable line on stdout, for scripts and tests that start
-    // the server on port 0.
+    // Machine-readable lines on stdout, for scripts and tests that start the
+    // server on port 0; the HTTP line comes last, when both are bound.
+    if let Some(grpc) = &grpc_listener {
+        let grpc_address = grpc.local_addr()?;
+        tracing::info!(%grpc_address, "serving gRPC");
+        println!("ledger gRPC listening on http://{grpc_address}");
+    }
     println!("ledger listening on http://{address}");
     // Asynchronous projections follow the log in the background; the task
     // ends with the process (each batch is its own transaction).
     tokio::spawn(crate::projections::runner::run(ledger.pool().clone()));
-    let app = crate::http::router(ledger);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+
+    // A signal, or either server failing, stops both.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop = Arc::new(stop);
+    {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            stop.send_replace(true);
+        });
+    }
+    let http = {
+        let mut stopped = stopped.clone();
+        let app = crate::http::router(Arc::clone(&ledger));
+        let stop = Arc::clone(&stop);
+        async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })
+                .await;
+            stop.send_replace(true);
+            served.context("HTTP server")
+        }
+    };
+    let grpc = async move {
+        let Some(listener) = grpc_listener else {
+            return Ok(()); // off: nothing to stop the HTTP server for
+        };
+        let served = crate::grpc::serve(ledger, listener, stopped)
+            .await
+            .context("gRPC server");
+        stop.send_replace(true);
+        served
+    };
+    let (http, grpc) = tokio::join!(http, grpc);
+    http?;
+    grpc?;
     tracing::info!("stopped");
     Ok(())
 }

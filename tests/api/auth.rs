@@ -478,6 +478,7 @@ async fn no_key_or_secret_reaches_the_logs() {
         .arg("serve")
         .env("DATABASE_URL", &url)
         .env("LEDGER_LISTEN", "127.0.0.1:0")
+        .env("LEDGER_GRPC_LISTEN", "off")
         .env("LEDGER_IBAN_CHECK", "structure")
         .env("LEDGER_LOG_FORMAT", "json")
         .env("RUST_LOG", "trace")

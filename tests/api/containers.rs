@@ -24,6 +24,7 @@ fn the_compose_file_runs_postgres_with_a_healthcheck_and_the_service_after_it() 
     assert_eq!(ledger["build"], ".");
     assert_eq!(ledger["depends_on"]["postgres"]["condition"], "service_healthy");
     assert_eq!(ledger["ports"][0], "8080:8080");
+    assert_eq!(ledger["ports"][1], "8000:8000");
     let dockerfile = std::fs::read_to_string(format!("{}/Dockerfile", env!("CARGO_MANIFEST_DIR"))).unwrap();
     assert!(
         dockerfile.contains("USER ledger"),
@@ -55,6 +56,7 @@ async fn the_binary_runs_with_the_compose_environment() {
             "DATABASE_URL" => db.url(),
             // Port 0: any free port on this machine.
             "LEDGER_LISTEN" => value.replace(":8080", ":0"),
+            "LEDGER_GRPC_LISTEN" => value.replace(":8000", ":0"),
             _ => value,
         };
         command.env(key, value);

@@ -9,6 +9,7 @@ mod containers;
 mod docs;
 mod event_store;
 mod fuzz;
+mod grpc;
 mod idempotency;
 mod limits;
 mod money;

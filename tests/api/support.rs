@@ -292,6 +292,8 @@ pub fn bulk(transfers: Vec<Value>) -> Value {
 pub struct Binary {
     pub child: Child,
     pub base: String,
+    /// `http://address` of the gRPC API, unless the environment turned it off.
+    pub grpc: Option<String>,
     /// The admin key `serve` printed on its first start (embedded default).
     pub first_key: Option<String>,
     /// An admin key (the first key, or one made with `ledger keys create
@@ -310,49 +312,56 @@ impl Binary {
             .arg("serve")
             .env_remove("DATABASE_URL")
             .env("LEDGER_LISTEN", "127.0.0.1:0")
+            .env("LEDGER_GRPC_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (key, value) in envs {
             command.env(key, value);
         }
+        let disabled = envs.iter().any(|(k, v)| *k == "LEDGER_AUTH" && *v == "disabled");
+        // Only where the database is: the server's other settings (a 1 ms
+        // statement timeout...) are not the key's business.
+        let database: Vec<(&str, &str)> = envs
+            .iter()
+            .copied()
+            .filter(|(k, _)| matches!(*k, "DATABASE_URL" | "LEDGER_DATA_DIR"))
+            .collect();
+        let create_key = || {
+            let output = run_ledger(&["keys", "create", "--admin"], &database);
+            assert!(output.status.success(), "keys create: {output:?}");
+            String::from_utf8(output.stdout).unwrap().trim().to_owned()
+        };
+        // With a database of its own, a key first (so the server finds one);
+        // the embedded default's first start prints its own.
+        let mut key = (!disabled && envs.iter().any(|(k, _)| *k == "DATABASE_URL")).then(create_key);
         let mut child = command.spawn().expect("start ledger serve");
         let stdout = child.stdout.take().unwrap();
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut first_key = None;
+            let (mut first_key, mut grpc) = (None, None);
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(key) = line.strip_prefix("export LEDGER_API_KEY=") {
                     first_key = Some(key.to_owned());
                 }
+                if let Some(address) = line.strip_prefix("ledger gRPC listening on ") {
+                    grpc = Some(address.to_owned());
+                }
                 if let Some(address) = line.strip_prefix("ledger listening on ") {
-                    let _ = sender.send((address.to_owned(), first_key.take()));
+                    let _ = sender.send((address.to_owned(), first_key.take(), grpc.take()));
                 }
             }
         });
-        let (base, first_key) = receiver
+        let (base, first_key, grpc) = receiver
             .recv_timeout(Duration::from_secs(60))
             .expect("ledger serve printed its address");
-        let disabled = envs.iter().any(|(k, v)| *k == "LEDGER_AUTH" && *v == "disabled");
-        let key = if disabled {
-            None
-        } else if first_key.is_some() {
-            first_key.clone()
-        } else {
-            // Only where the database is: the server's other settings (a
-            // 1 ms statement timeout...) are not the key's business.
-            let database: Vec<(&str, &str)> = envs
-                .iter()
-                .copied()
-                .filter(|(k, _)| matches!(*k, "DATABASE_URL" | "LEDGER_DATA_DIR"))
-                .collect();
-            let output = run_ledger(&["keys", "create", "--admin"], &database);
-            assert!(output.status.success(), "keys create: {output:?}");
-            Some(String::from_utf8(output.stdout).unwrap().trim().to_owned())
-        };
+        if key.is_none() && !disabled {
+            key = Some(first_key.clone().unwrap_or_else(create_key));
+        }
         Binary {
             child,
             base,
+            grpc,
             first_key,
             client: client_with_key(key.as_deref()),
             key,
