@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -356,6 +357,10 @@ pub struct Authenticator {
     pool: PgPool,
     mode: AuthMode,
     cache: RwLock<HashMap<Uuid, Cached>>,
+    /// Counts every forgetting. A row read before a change was notified
+    /// must not be cached after it: an entry is cached only if nothing was
+    /// forgotten between the read and the insert.
+    generation: AtomicU64,
 }
 
 pub fn unauthorized(detail: &str) -> Problem {
@@ -368,6 +373,7 @@ impl Authenticator {
             pool,
             mode,
             cache: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -402,6 +408,7 @@ impl Authenticator {
         let (hash, scope) = match hit {
             Some(hit) => hit,
             None => {
+                let generation = self.generation.load(Ordering::SeqCst);
                 let row: Option<(Vec<u8>, String, Option<String>)> = sqlx::query_as(
                     "SELECT secret_hash, scope, account_iban FROM api_keys WHERE id = $1 AND revoked_at IS NULL",
                 )
@@ -415,17 +422,21 @@ impl Authenticator {
                     .map_err(|_| anyhow::anyhow!("api key {id} has a malformed hash"))?;
                 let scope = Scope::from_columns(&scope, iban.as_deref())?;
                 let mut cache = self.cache.write().expect("key cache lock");
-                if cache.len() >= CACHE_MAX {
-                    cache.clear();
+                // Forgetting takes this lock too: the check and the insert
+                // cannot straddle a change notification.
+                if self.generation.load(Ordering::SeqCst) == generation {
+                    if cache.len() >= CACHE_MAX {
+                        cache.clear();
+                    }
+                    cache.insert(
+                        id,
+                        Cached {
+                            hash,
+                            scope: scope.clone(),
+                            fetched: Instant::now(),
+                        },
+                    );
                 }
-                cache.insert(
-                    id,
-                    Cached {
-                        hash,
-                        scope: scope.clone(),
-                        fetched: Instant::now(),
-                    },
-                );
                 (hash, scope)
             }
         };
@@ -440,6 +451,7 @@ impl Authenticator {
 
     fn forget(&self, id: Option<Uuid>) {
         let mut cache = self.cache.write().expect("key cache lock");
+        self.generation.fetch_add(1, Ordering::SeqCst);
         match id {
             Some(id) => {
                 cache.remove(&id);
