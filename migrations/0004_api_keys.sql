@@ -29,6 +29,19 @@ CREATE TRIGGER api_keys_changed
     AFTER UPDATE OR DELETE ON api_keys
     FOR EACH ROW EXECUTE FUNCTION api_keys_notify_change();
 
+-- A TRUNCATE has no rows: an empty payload makes servers forget every key.
+CREATE FUNCTION api_keys_notify_truncate() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('ledger_api_keys', '');
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER api_keys_truncated
+    AFTER TRUNCATE ON api_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION api_keys_notify_truncate();
+
 -- Idempotency keys belong to the API key that sent them: two clients may
 -- pick the same key without seeing each other's responses. '' is the scope
 -- of requests made without authentication (LEDGER_AUTH=disabled) and of

@@ -62,7 +62,7 @@ fn describe() {
     describe_histogram!(
         GRPC_REQUEST_DURATION,
         Unit::Seconds,
-        "gRPC call latency (a stream: until it ends) by method and status code"
+        "gRPC call latency (a stream: until it opens) by method and status code"
     );
     describe_counter!(COMMANDS, "Commands by command and outcome (accepted, or the refusal)");
     describe_counter!(EVENTS_APPENDED, "Events appended to the log, by type");

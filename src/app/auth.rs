@@ -475,13 +475,13 @@ impl Authenticator {
             let mut listener = match PgListener::connect_with(&listener_pool).await {
                 Ok(listener) => listener,
                 Err(error) => {
-                    tracing::debug!(error = %error, "key change listener cannot connect; retrying");
+                    tracing::warn!(error = %error, "key change listener cannot connect (revocations reach this server within 60 s until it does); retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
             if let Err(error) = listener.listen(CHANGES_CHANNEL).await {
-                tracing::debug!(error = %error, "key change listener cannot listen; retrying");
+                tracing::warn!(error = %error, "key change listener cannot LISTEN (revocations reach this server within 60 s until it does); retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -494,7 +494,7 @@ impl Authenticator {
                     }
                     Ok(None) => self.forget(None),
                     Err(error) => {
-                        tracing::debug!(error = %error, "key change listener lost; reconnecting");
+                        tracing::warn!(error = %error, "key change listener lost; reconnecting");
                         self.forget(None);
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         break;

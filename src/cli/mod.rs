@@ -645,6 +645,8 @@ async fn serve(ledger: Arc<Ledger>, listen: SocketAddr, grpc_listen: GrpcListen)
 
     // A signal, or either server failing, stops both.
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut grace_stopped = stopped.clone();
+    let ledger_grace = ledger.settings().limits.request_timeout;
     let stop = Arc::new(stop);
     {
         let stop = Arc::clone(&stop);
@@ -677,10 +679,21 @@ async fn serve(ledger: Arc<Ledger>, listen: SocketAddr, grpc_listen: GrpcListen)
         stop.send_replace(true);
         served
     };
-    let (http, grpc) = tokio::join!(http, grpc);
-    http?;
-    grpc?;
-    tracing::info!("stopped");
+    // Once stopping, in-flight calls get the request time limit and a little
+    // more; a client that holds on longer (a stalled stream) is cut off.
+    let grace = ledger_grace + Duration::from_secs(5);
+    let cut_off = async move {
+        let _ = grace_stopped.wait_for(|stop| *stop).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        (http, grpc) = async { tokio::join!(http, grpc) } => {
+            http?;
+            grpc?;
+            tracing::info!("stopped");
+        }
+        _ = cut_off => tracing::warn!(?grace, "stopped with requests still open after the grace period"),
+    }
     Ok(())
 }
 

@@ -35,7 +35,7 @@ pub mod pb {
 
 use pb::ledger_service_server::{LedgerService, LedgerServiceServer};
 
-/// Events read per query by a subscription.
+/// Events read per query by a subscription (at most LEDGER_PAGE_SIZE_MAX).
 const FEED_PAGE: u32 = 1_000;
 /// How often a caught-up subscription looks for new events.
 const FEED_POLL: Duration = Duration::from_millis(100);
@@ -104,11 +104,14 @@ impl GrpcApi {
         let limit = self.ledger.settings().limits.request_timeout;
         let outcome = async {
             let authorization = metadata.get("authorization").map(|v| v.as_bytes());
-            let principal = self.ledger.authenticate(authorization).await.map_err(status_of)?;
-            if let Some(id) = principal.key_id() {
-                tracing::Span::current().record("api_key_id", tracing::field::display(id));
-            }
-            match tokio::time::timeout(limit, handle(principal, request_id.clone())).await {
+            let authenticated = async {
+                let principal = self.ledger.authenticate(authorization).await.map_err(status_of)?;
+                if let Some(id) = principal.key_id() {
+                    tracing::Span::current().record("api_key_id", tracing::field::display(id));
+                }
+                handle(principal, request_id.clone()).await
+            };
+            match tokio::time::timeout(limit, authenticated).await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(Status::unavailable(format!(
                     "the call took longer than {} ms; a command may still have been applied — retry it with \
@@ -476,58 +479,99 @@ impl LedgerService for GrpcApi {
         request: Request<pb::SubscribeEventsRequest>,
     ) -> Result<Response<Self::SubscribeEventsStream>, Status> {
         let (metadata, _, message) = request.into_parts();
+        // Kept to authenticate again while the stream lasts: a key revoked
+        // meanwhile ends it.
+        let authorization = metadata.get("authorization").map(|v| v.as_bytes().to_vec());
         self.call("SubscribeEvents", &metadata, |principal, _| async move {
-            let page_size = FEED_PAGE.to_string();
+            let page_size = FEED_PAGE.min(self.ledger.settings().limits.page_size_max);
+            let limit = page_size.to_string();
             // The first page is read before answering: a bad cursor or a
             // forbidden key is the call's status, not a broken stream.
             let first = self
                 .ledger
-                .events(&principal, Some(&message.after), Some(&page_size))
+                .events(&principal, Some(&message.after), Some(&limit))
                 .await
                 .map_err(status_of)?;
             let (sender, receiver) = mpsc::channel(FEED_BUFFER);
-            let ledger = Arc::clone(&self.ledger);
-            let mut shutdown = self.shutdown.clone();
-            tokio::spawn(
-                async move {
-                    let mut page = first;
-                    loop {
-                        let full = page.events.len() == FEED_PAGE as usize;
-                        for event in page.events {
-                            if sender.send(Ok(event_message(event))).await.is_err() {
-                                return; // the subscriber went away
-                            }
-                        }
-                        if !full {
-                            tokio::select! {
-                                _ = tokio::time::sleep(FEED_POLL) => {}
-                                _ = sender.closed() => return,
-                                _ = async { shutdown.wait_for(|stop| *stop).await.is_ok() } => {
-                                    let _ = sender.send(Err(Status::unavailable(
-                                        "the server is shutting down; resume with the last event's `after`",
-                                    ))).await;
-                                    return;
-                                }
-                            }
-                        }
-                        page = match ledger
-                            .events(&principal, Some(&page.next_after), Some(&page_size))
-                            .await
-                        {
-                            Ok(page) => page,
-                            Err(error) => {
-                                // The subscriber resumes from its last event.
-                                let _ = sender.send(Err(status_of(error))).await;
-                                return;
-                            }
-                        };
-                    }
-                }
-                .in_current_span(),
-            );
+            let subscription = Subscription {
+                ledger: Arc::clone(&self.ledger),
+                authorization,
+                sender,
+                shutdown: self.shutdown.clone(),
+                page_size,
+            };
+            tokio::spawn(subscription.run(first).in_current_span());
             Ok(ReceiverStream::new(receiver))
         })
         .await
+    }
+}
+
+/// One open `SubscribeEvents` stream, fed by a task of its own.
+struct Subscription {
+    ledger: Arc<Ledger>,
+    authorization: Option<Vec<u8>>,
+    sender: mpsc::Sender<Result<pb::Event, Status>>,
+    shutdown: watch::Receiver<bool>,
+    page_size: u32,
+}
+
+impl Subscription {
+    /// Sends pages until the subscriber goes, the server stops, the key is
+    /// revoked or the database fails; the last three end the stream with a
+    /// status (the subscriber resumes from its last event's `after`).
+    async fn run(mut self, first: crate::app::views::FeedPage) {
+        let mut page = first;
+        loop {
+            let full = page.events.len() >= self.page_size as usize;
+            let next_after = page.next_after.clone();
+            for event in page.events {
+                if !self.send(Ok(event_message(event))).await {
+                    return;
+                }
+            }
+            if !full {
+                tokio::select! {
+                    _ = tokio::time::sleep(FEED_POLL) => {}
+                    _ = self.sender.closed() => return,
+                    _ = Self::stopping(&mut self.shutdown) => return self.end(Self::shutting_down()),
+                }
+            }
+            let principal = match self.ledger.authenticate(self.authorization.as_deref()).await {
+                Ok(principal) => principal,
+                Err(error) => return self.end(status_of(error)),
+            };
+            let limit = self.page_size.to_string();
+            page = match self.ledger.events(&principal, Some(&next_after), Some(&limit)).await {
+                Ok(page) => page,
+                Err(error) => return self.end(status_of(error)),
+            };
+        }
+    }
+
+    /// Sends unless the subscriber has gone or the server stops first.
+    async fn send(&mut self, item: Result<pb::Event, Status>) -> bool {
+        tokio::select! {
+            sent = self.sender.send(item) => sent.is_ok(),
+            _ = Self::stopping(&mut self.shutdown) => {
+                self.end(Self::shutting_down());
+                false
+            }
+        }
+    }
+
+    /// Ends the stream with `status`, if there is room for it: a stalled
+    /// subscriber never holds the task (or the server's shutdown) up.
+    fn end(&self, status: Status) {
+        let _ = self.sender.try_send(Err(status));
+    }
+
+    async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+        let _ = shutdown.wait_for(|stop| *stop).await.is_ok();
+    }
+
+    fn shutting_down() -> Status {
+        Status::unavailable("the server is shutting down; resume with the last event's `after`")
     }
 }
 

@@ -67,13 +67,15 @@ pub async fn deposit(
     Extension(principal): Extension<Principal>,
     iban: IbanPath,
     method: Method,
-    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     principal.authorize(Action::Deposit)?;
     let iban = ledger.lookup_iban(&path_iban(iban)?, "iban")?;
-    let input = command_input(principal, &headers, &method, uri.path(), body)?;
+    // Fingerprinted with the IBAN as stored, however the path spelled it,
+    // as the gRPC API does.
+    let path = format!("/v1/accounts/{iban}/deposits");
+    let input = command_input(principal, &headers, &method, &path, body)?;
     let request = parse_deposit(&input.body).map_err(Problem::validation)?;
     Ok(command_response(ledger.deposit(&input.context, &iban, request).await?))
 }

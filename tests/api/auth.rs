@@ -478,7 +478,7 @@ async fn no_key_or_secret_reaches_the_logs() {
         .arg("serve")
         .env("DATABASE_URL", &url)
         .env("LEDGER_LISTEN", "127.0.0.1:0")
-        .env("LEDGER_GRPC_LISTEN", "off")
+        .env("LEDGER_GRPC_LISTEN", "127.0.0.1:0")
         .env("LEDGER_IBAN_CHECK", "structure")
         .env("LEDGER_LOG_FORMAT", "json")
         .env("RUST_LOG", "trace")
@@ -504,14 +504,15 @@ async fn no_key_or_secret_reaches_the_logs() {
                 Ok(n) => {
                     text.push_str(&String::from_utf8_lossy(&buffer[..n]));
                     if let Some(address) = text.lines().find_map(|l| l.strip_prefix("ledger listening on ")) {
-                        let _ = sender.send(address.to_owned());
+                        let grpc = text.lines().find_map(|l| l.strip_prefix("ledger gRPC listening on "));
+                        let _ = sender.send((address.to_owned(), grpc.map(str::to_owned)));
                     }
                 }
             }
         }
         text
     });
-    let base = receiver.recv_timeout(Duration::from_secs(60)).unwrap();
+    let (base, grpc) = receiver.recv_timeout(Duration::from_secs(60)).unwrap();
     let admin_client = client_with_key(Some(&admin));
     open_acme(&admin_client, &base, 1_000).await;
     let wrong = format!(
@@ -527,11 +528,23 @@ async fn no_key_or_secret_reaches_the_logs() {
             .await
             .unwrap();
     }
+    // And over gRPC.
+    let mut grpc = ledger::grpc::pb::ledger_service_client::LedgerServiceClient::connect(grpc.unwrap())
+        .await
+        .unwrap();
+    for key in [&admin, &wrong] {
+        let mut request = tonic::Request::new(ledger::grpc::pb::GetAccountRequest { iban: ACME_IBAN.into() });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        let _ = grpc.get_account(request).await;
+    }
     let _ = child.kill();
     let _ = child.wait();
     let logs = logs.join().unwrap();
     let stdout = out.join().unwrap();
     assert!(logs.contains("api_key_id"), "the acting key's id is logged");
+    assert!(logs.contains("GetAccount"), "the gRPC calls are logged");
     assert!(logs.contains(&key_id(&admin)), "by its id");
     for secret in [&admin, &wrong] {
         let tail = &secret[secret.len() - 43..];

@@ -341,6 +341,36 @@ async fn bad_input_unknown_accounts_and_wrong_keys_have_their_codes() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
+    // Another account: not even whether it exists.
+    let other = "GB82WEST12345698765432";
+    let mut foreign = bulk_message(&bulk(vec![transfer("1.00")]), None);
+    foreign.organization_iban = other.into();
+    let status = f
+        .client
+        .transfer_bulk(with_key(foreign.clone(), &account_key))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = f.client.transfer_bulk(foreign).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let status = f
+        .client
+        .get_account(with_key(pb::GetAccountRequest { iban: other.into() }, &account_key))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = f
+        .client
+        .list_transactions(with_key(
+            pb::ListTransactionsRequest {
+                iban: other.into(),
+                ..Default::default()
+            },
+            &account_key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
     assert_eq!(events().await, before + 1, "only the account key's own bulk");
 
     // gRPC calls are counted like HTTP requests.
@@ -358,6 +388,7 @@ async fn bad_input_unknown_accounts_and_wrong_keys_have_their_codes() {
         r#"ledger_grpc_requests_total{method="TransferBulk",code="InvalidArgument"} 2"#,
         r#"ledger_grpc_requests_total{method="GetAccount",code="Unauthenticated"} 2"#,
         r#"ledger_grpc_requests_total{method="Deposit",code="PermissionDenied"} 1"#,
+        r#"ledger_grpc_requests_total{method="TransferBulk",code="PermissionDenied"} 1"#,
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
@@ -443,6 +474,77 @@ async fn a_subscription_receives_later_events_exactly_once() {
         .await
         .unwrap_err();
     assert_field(&status, "after");
+}
+
+/// A key revoked while its subscription is open ends the stream.
+#[tokio::test]
+async fn revoking_a_key_ends_its_open_stream() {
+    let mut f = funded(100).await;
+    let env = [("DATABASE_URL", f.db.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let output = run_ledger(&["keys", "create", "--admin", "--name", "auditor"], &env);
+    let auditor = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let mut stream = f
+        .client
+        .subscribe_events(with_key(pb::SubscribeEventsRequest { after: "0".into() }, &auditor))
+        .await
+        .unwrap()
+        .into_inner();
+    next(&mut stream).await;
+    next(&mut stream).await;
+    let id = uuid::Uuid::parse_str(&auditor[5..37]).unwrap().to_string();
+    assert!(run_ledger(&["keys", "revoke", &id], &env).status.success());
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the stream ends after the revocation");
+    let status = ended.expect_err("ended with a status");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+}
+
+/// With pages smaller than the log (LEDGER_PAGE_SIZE_MAX=5), a subscription
+/// pages through full pages and still sends every event once, in order.
+#[tokio::test]
+async fn a_subscription_pages_through_a_log_longer_than_a_page() {
+    let db = TestDb::new().await;
+    let server = Binary::serve(&[
+        ("DATABASE_URL", &db.url()),
+        ("LEDGER_IBAN_CHECK", "structure"),
+        ("LEDGER_PAGE_SIZE_MAX", "5"),
+    ]);
+    open_acme(&server.client, &server.base, 1_000_000).await;
+    for _ in 0..11 {
+        let response = server
+            .client
+            .post(format!("{}/v1/transfer/bulk", server.base))
+            .json(&bulk(vec![transfer("1.00")]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+    }
+    let mut client = connect(&server).await;
+    let mut stream = client
+        .subscribe_events(with_key(
+            pb::SubscribeEventsRequest { after: "0".into() },
+            server.key.as_deref().unwrap(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = (0, 0);
+    let mut positions = Vec::new();
+    for _ in 0..13 {
+        let event = next(&mut stream).await;
+        let order = feed_order(&event.after);
+        assert!(order > last);
+        last = order;
+        positions.push(event.position);
+    }
+    positions.sort_unstable();
+    positions.dedup();
+    assert_eq!(positions.len(), 13, "13 distinct events");
+    let extra = tokio::time::timeout(Duration::from_millis(500), stream.message()).await;
+    assert!(extra.is_err(), "an unexpected event: {extra:?}");
 }
 
 /// SIGTERM with a subscription open: the stream ends with UNAVAILABLE (the
