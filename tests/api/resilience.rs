@@ -312,6 +312,19 @@ async fn a_database_outage_is_a_fast_503_and_the_service_recovers_without_a_rest
     }
     let (status, _) = into_parts(client.get(format!("{}/readyz", server.base)).send().await.unwrap()).await;
     assert_eq!(status, 503);
+    // Over gRPC too: UNAVAILABLE, promptly.
+    let mut grpc = ledger::grpc::pb::ledger_service_client::LedgerServiceClient::connect(server.grpc.clone().unwrap())
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(ledger::grpc::pb::GetAccountRequest { iban: ACME_IBAN.into() });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", server.key.as_deref().unwrap()).parse().unwrap(),
+    );
+    let started = Instant::now();
+    let status = grpc.get_account(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
 
     {
         let root = root.clone();
