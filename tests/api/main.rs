@@ -10,6 +10,7 @@ mod docs;
 mod event_store;
 mod fuzz;
 mod grpc;
+mod hygiene;
 mod idempotency;
 mod limits;
 mod money;
