@@ -60,6 +60,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let body_limit = ledger.settings().limits.body_bytes_max;
+    let authenticating = Arc::clone(&ledger);
     let service = LedgerServiceServer::new(GrpcApi {
         ledger,
         shutdown: shutdown.clone(),
@@ -67,6 +68,13 @@ pub async fn serve(
     .max_decoding_message_size(body_limit);
     let mut stopped = shutdown;
     tonic::transport::Server::builder()
+        .layer(tower::layer::layer_fn({
+            let ledger = Arc::clone(&authenticating);
+            move |inner| Authenticate {
+                inner,
+                ledger: Arc::clone(&ledger),
+            }
+        }))
         .add_service(service)
         .add_service(reflection)
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
@@ -76,6 +84,73 @@ pub async fn serve(
     Ok(())
 }
 
+/// The service's methods, for metric labels (never a client's free text).
+const METHODS: [&str; 6] = [
+    "TransferBulk",
+    "OpenAccount",
+    "Deposit",
+    "GetAccount",
+    "ListTransactions",
+    "SubscribeEvents",
+];
+
+/// Authenticates every call to the ledger service before its message is
+/// read: without a valid key nothing is decoded (as HTTP checks the key
+/// before reading a body). Server reflection stays open, like /openapi.json.
+#[derive(Clone)]
+struct Authenticate<S> {
+    inner: S,
+    ledger: Arc<Ledger>,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for Authenticate<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = axum::http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: axum::http::Request<B>) -> Self::Future {
+        // The clone that was made ready serves this request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let ledger = Arc::clone(&self.ledger);
+        Box::pin(async move {
+            let Some(method) = request.uri().path().strip_prefix("/ledger.v1.LedgerService/") else {
+                return inner.call(request).await;
+            };
+            let method = METHODS.iter().find(|m| **m == method).copied().unwrap_or("unknown");
+            let started = Instant::now();
+            let authorization = request
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            match ledger.authenticate(authorization).await {
+                Ok(principal) => {
+                    request.extensions_mut().insert(principal);
+                    inner.call(request).await
+                }
+                Err(error) => {
+                    let status = status_of(error);
+                    crate::observability::record_grpc(method, status.code(), started.elapsed());
+                    tracing::info!(method, code = ?status.code(), "call refused before its message was read");
+                    Ok(status.into_http())
+                }
+            }
+        })
+    }
+}
+
 impl GrpcApi {
     /// Runs one call: authenticates it, bounds it by the request time
     /// limit, logs it in a span with its request id and key id, counts it.
@@ -83,6 +158,7 @@ impl GrpcApi {
         &self,
         method: &'static str,
         metadata: &MetadataMap,
+        extensions: &tonic::Extensions,
         handle: F,
     ) -> Result<Response<T>, Status>
     where
@@ -103,9 +179,16 @@ impl GrpcApi {
         );
         let limit = self.ledger.settings().limits.request_timeout;
         let outcome = async {
-            let authorization = metadata.get("authorization").map(|v| v.as_bytes());
             let authenticated = async {
-                let principal = self.ledger.authenticate(authorization).await.map_err(status_of)?;
+                // [`Authenticate`] did it before the message was decoded;
+                // without it (a service mounted elsewhere), do it here.
+                let principal = match extensions.get::<Principal>() {
+                    Some(principal) => principal.clone(),
+                    None => {
+                        let authorization = metadata.get("authorization").map(|v| v.as_bytes());
+                        self.ledger.authenticate(authorization).await.map_err(status_of)?
+                    }
+                };
                 if let Some(id) = principal.key_id() {
                     tracing::Span::current().record("api_key_id", tracing::field::display(id));
                 }
@@ -345,62 +428,72 @@ impl LedgerService for GrpcApi {
         &self,
         request: Request<pb::TransferBulkRequest>,
     ) -> Result<Response<pb::TransferBulkResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
-        self.call("TransferBulk", &metadata, |principal, request_id| async move {
-            let body = bulk_body(&message);
-            let ctx = command_context(
-                principal,
-                request_id,
-                message.idempotency_key,
-                "/v1/transfer/bulk",
-                &body,
-            )?;
-            let settings = self.ledger.settings();
-            let request = parse_bulk_transfer(&body, settings.iban_check, settings.limits.transfers_per_bulk_max)
-                .map_err(|errors| status_of_problem(&Problem::validation(errors), false))?;
-            let response = self.ledger.transfer_bulk(&ctx, request).await.map_err(status_of)?;
-            command_result(response, |view: BulkTransferView, replayed| pb::TransferBulkResponse {
-                bulk_id: view.bulk_id.to_string(),
-                account_id: view.account_id.to_string(),
-                iban: view.iban,
-                transfer_count: view.transfer_count as u32,
-                transfer_ids: view.transfer_ids.iter().map(ToString::to_string).collect(),
-                currency: view.currency,
-                total: view.total,
-                total_cents: view.total_cents,
-                balance_after: view.balance_after,
-                balance_after_cents: view.balance_after_cents,
-                version: view.version,
-                replayed,
-            })
-        })
+        let (metadata, extensions, message) = request.into_parts();
+        self.call(
+            "TransferBulk",
+            &metadata,
+            &extensions,
+            |principal, request_id| async move {
+                let body = bulk_body(&message);
+                let ctx = command_context(
+                    principal,
+                    request_id,
+                    message.idempotency_key,
+                    "/v1/transfer/bulk",
+                    &body,
+                )?;
+                let settings = self.ledger.settings();
+                let request = parse_bulk_transfer(&body, settings.iban_check, settings.limits.transfers_per_bulk_max)
+                    .map_err(|errors| status_of_problem(&Problem::validation(errors), false))?;
+                let response = self.ledger.transfer_bulk(&ctx, request).await.map_err(status_of)?;
+                command_result(response, |view: BulkTransferView, replayed| pb::TransferBulkResponse {
+                    bulk_id: view.bulk_id.to_string(),
+                    account_id: view.account_id.to_string(),
+                    iban: view.iban,
+                    transfer_count: view.transfer_count as u32,
+                    transfer_ids: view.transfer_ids.iter().map(ToString::to_string).collect(),
+                    currency: view.currency,
+                    total: view.total,
+                    total_cents: view.total_cents,
+                    balance_after: view.balance_after,
+                    balance_after_cents: view.balance_after_cents,
+                    version: view.version,
+                    replayed,
+                })
+            },
+        )
         .await
     }
 
     async fn open_account(&self, request: Request<pb::OpenAccountRequest>) -> Result<Response<pb::Account>, Status> {
-        let (metadata, _, message) = request.into_parts();
-        self.call("OpenAccount", &metadata, |principal, request_id| async move {
-            principal
-                .authorize(Action::OpenAccount)
-                .map_err(|p| status_of_problem(&p, false))?;
-            let mut body = Map::new();
-            put(&mut body, "organization_name", message.organization_name);
-            put(&mut body, "iban", message.iban);
-            put(&mut body, "bic", message.bic);
-            put_optional(&mut body, "currency", message.currency);
-            let body = Value::Object(body);
-            let ctx = command_context(principal, request_id, message.idempotency_key, "/v1/accounts", &body)?;
-            let request = parse_open_account(&body, self.ledger.settings().iban_check)
-                .map_err(|errors| status_of_problem(&Problem::validation(errors), false))?;
-            let response = self.ledger.open_account(&ctx, request).await.map_err(status_of)?;
-            command_result(response, account_message)
-        })
+        let (metadata, extensions, message) = request.into_parts();
+        self.call(
+            "OpenAccount",
+            &metadata,
+            &extensions,
+            |principal, request_id| async move {
+                principal
+                    .authorize(Action::OpenAccount)
+                    .map_err(|p| status_of_problem(&p, false))?;
+                let mut body = Map::new();
+                put(&mut body, "organization_name", message.organization_name);
+                put(&mut body, "iban", message.iban);
+                put(&mut body, "bic", message.bic);
+                put_optional(&mut body, "currency", message.currency);
+                let body = Value::Object(body);
+                let ctx = command_context(principal, request_id, message.idempotency_key, "/v1/accounts", &body)?;
+                let request = parse_open_account(&body, self.ledger.settings().iban_check)
+                    .map_err(|errors| status_of_problem(&Problem::validation(errors), false))?;
+                let response = self.ledger.open_account(&ctx, request).await.map_err(status_of)?;
+                command_result(response, account_message)
+            },
+        )
         .await
     }
 
     async fn deposit(&self, request: Request<pb::DepositRequest>) -> Result<Response<pb::DepositResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
-        self.call("Deposit", &metadata, |principal, request_id| async move {
+        let (metadata, extensions, message) = request.into_parts();
+        self.call("Deposit", &metadata, &extensions, |principal, request_id| async move {
             principal
                 .authorize(Action::Deposit)
                 .map_err(|p| status_of_problem(&p, false))?;
@@ -436,8 +529,8 @@ impl LedgerService for GrpcApi {
     }
 
     async fn get_account(&self, request: Request<pb::GetAccountRequest>) -> Result<Response<pb::Account>, Status> {
-        let (metadata, _, message) = request.into_parts();
-        self.call("GetAccount", &metadata, |principal, _| async move {
+        let (metadata, extensions, message) = request.into_parts();
+        self.call("GetAccount", &metadata, &extensions, |principal, _| async move {
             let iban = self
                 .ledger
                 .lookup_iban(&message.iban, "iban")
@@ -452,8 +545,8 @@ impl LedgerService for GrpcApi {
         &self,
         request: Request<pb::ListTransactionsRequest>,
     ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
-        self.call("ListTransactions", &metadata, |principal, _| async move {
+        let (metadata, extensions, message) = request.into_parts();
+        self.call("ListTransactions", &metadata, &extensions, |principal, _| async move {
             let iban = self
                 .ledger
                 .lookup_iban(&message.iban, "iban")
@@ -478,11 +571,11 @@ impl LedgerService for GrpcApi {
         &self,
         request: Request<pb::SubscribeEventsRequest>,
     ) -> Result<Response<Self::SubscribeEventsStream>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
         // Kept to authenticate again while the stream lasts: a key revoked
         // meanwhile ends it.
         let authorization = metadata.get("authorization").map(|v| v.as_bytes().to_vec());
-        self.call("SubscribeEvents", &metadata, |principal, _| async move {
+        self.call("SubscribeEvents", &metadata, &extensions, |principal, _| async move {
             let page_size = FEED_PAGE.min(self.ledger.settings().limits.page_size_max);
             let limit = page_size.to_string();
             // The first page is read before answering: a bad cursor or a

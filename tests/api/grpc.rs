@@ -373,6 +373,19 @@ async fn bad_input_unknown_accounts_and_wrong_keys_have_their_codes() {
     assert_eq!(status.code(), Code::PermissionDenied);
     assert_eq!(events().await, before + 1, "only the account key's own bulk");
 
+    // A message over the size limit: without a key it is refused before it
+    // is read; with one, it is refused as too large.
+    let mut huge = bulk_message(&bulk(vec![transfer("1.00"); 70_000]), None);
+    for t in &mut huge.credit_transfers {
+        t.description = Some("d".repeat(140));
+    }
+    assert!(prost::Message::encoded_len(&huge) > 10 * 1024 * 1024);
+    let status = f.client.transfer_bulk(huge.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let status = f.client.transfer_bulk(with_key(huge, &f.key)).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_eq!(events().await, before + 1);
+
     // gRPC calls are counted like HTTP requests.
     let metrics = f
         .server
@@ -389,6 +402,7 @@ async fn bad_input_unknown_accounts_and_wrong_keys_have_their_codes() {
         r#"ledger_grpc_requests_total{method="GetAccount",code="Unauthenticated"} 2"#,
         r#"ledger_grpc_requests_total{method="Deposit",code="PermissionDenied"} 1"#,
         r#"ledger_grpc_requests_total{method="TransferBulk",code="PermissionDenied"} 1"#,
+        r#"ledger_grpc_requests_total{method="TransferBulk",code="Unauthenticated"} 2"#,
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
