@@ -74,7 +74,7 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Commands {
-    /// Serve the HTTP API (applies migrations first).
+    /// Serve the HTTP and gRPC APIs (applies migrations first).
     Serve(ServeArgs),
     /// Apply the event store's migrations and install the projections.
     Migrate,
