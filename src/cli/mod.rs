@@ -320,7 +320,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             accounts(&ledger, command).await
         }
-        Commands::Keys(command) => keys(&pool, cli.iban_check, command).await,
+        Commands::Keys(command) => keys(&pool, command).await,
         Commands::Projections(ProjectionsCommand::Rebuild { names }) => rebuild(&pool, &names).await,
         Commands::Projections(ProjectionsCommand::Status) => {
             println!(
@@ -381,12 +381,14 @@ async fn announce_auth(ledger: &Ledger, mode: AuthMode, embedded: bool) -> anyho
     Ok(())
 }
 
-async fn keys(pool: &PgPool, iban_check: IbanCheck, command: KeysCommand) -> anyhow::Result<ExitCode> {
+async fn keys(pool: &PgPool, command: KeysCommand) -> anyhow::Result<ExitCode> {
     match command {
         KeysCommand::Create { account, name, .. } => {
             let scope = match account {
                 None => Scope::Admin,
-                Some(text) => match crate::domain::Iban::parse(&text, iban_check) {
+                // Shape only, as for lookups: an account stays reachable
+                // whatever LEDGER_IBAN_CHECK says today.
+                Some(text) => match crate::domain::Iban::parse(&text, IbanCheck::Structure) {
                     Ok(iban) => Scope::Account(iban),
                     Err(error) => {
                         eprintln!("ledger: --account {error}");
