@@ -1,4 +1,4 @@
-//! Load benchmark of the real `ledger serve` over HTTP, against PostgreSQL
+//! Load benchmark of the real `ledger serve` over HTTP (and gRPC), against PostgreSQL
 //! with durability on, side by side with baselines measured in the same run
 //! on the same PostgreSQL. It prints figures; it never passes or fails on
 //! them (it exits non-zero only when it cannot run).
@@ -25,6 +25,7 @@
 //! | name          | what                                                                     |
 //! |---------------|--------------------------------------------------------------------------|
 //! | `hot`         | one account, bulks of 1 transfer, 64 connections                         |
+//! | `grpc-hot`    | the same over gRPC: `TransferBulk`, 64 HTTP/2 connections                |
 //! | `spread`      | 1,000 accounts chosen uniformly at random, bulks of 1, 64 connections    |
 //! | `bulk100`     | one account, bulks of 100 transfers, 16 connections                      |
 //! | `bulk1000`    | one account, bulks of 1,000 transfers, 16 connections                    |
@@ -56,6 +57,8 @@ mod baseline;
 mod cpu;
 #[path = "load/driver.rs"]
 mod driver;
+#[path = "load/grpc.rs"]
+mod grpc;
 #[path = "load/http.rs"]
 mod http;
 #[path = "load/postgres.rs"]
@@ -72,6 +75,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use driver::{Load, Measured, Timing};
+use grpc::GrpcWorker;
 use http::{Account, BulkWorker, Pick};
 use postgres::Postgres;
 use server::{RssSampler, Server};
@@ -97,6 +101,21 @@ const GOAL_BULK100_VS_RAW: f64 = 0.5;
 const GOAL_OPEN_P99_MS: f64 = 10.0;
 const GOAL_RSS_MIB: f64 = 150.0;
 
+/// A load worker of either API.
+enum AnyWorker {
+    Http(BulkWorker),
+    Grpc(Box<GrpcWorker>),
+}
+
+impl driver::Worker for AnyWorker {
+    async fn call(&mut self) -> driver::CallResult {
+        match self {
+            AnyWorker::Http(worker) => worker.call().await,
+            AnyWorker::Grpc(worker) => worker.call().await,
+        }
+    }
+}
+
 /// A scenario against the ledger server.
 struct LedgerScenario {
     name: &'static str,
@@ -106,9 +125,11 @@ struct LedgerScenario {
     /// Hot: the one account; spread: uniform over the 1,000.
     spread: bool,
     load: Load,
+    /// Over gRPC (`TransferBulk`) instead of HTTP.
+    grpc: bool,
 }
 
-const LEDGER_SCENARIOS: [LedgerScenario; 5] = [
+const LEDGER_SCENARIOS: [LedgerScenario; 6] = [
     LedgerScenario {
         name: "hot",
         label: "hot account, bulks of 1",
@@ -116,6 +137,16 @@ const LEDGER_SCENARIOS: [LedgerScenario; 5] = [
         transfers_per_bulk: 1,
         spread: false,
         load: Load::Closed,
+        grpc: false,
+    },
+    LedgerScenario {
+        name: "grpc-hot",
+        label: "hot account, bulks of 1, gRPC",
+        connections: 64,
+        transfers_per_bulk: 1,
+        spread: false,
+        load: Load::Closed,
+        grpc: true,
     },
     LedgerScenario {
         name: "spread",
@@ -124,6 +155,7 @@ const LEDGER_SCENARIOS: [LedgerScenario; 5] = [
         transfers_per_bulk: 1,
         spread: true,
         load: Load::Closed,
+        grpc: false,
     },
     LedgerScenario {
         name: "bulk100",
@@ -132,6 +164,7 @@ const LEDGER_SCENARIOS: [LedgerScenario; 5] = [
         transfers_per_bulk: 100,
         spread: false,
         load: Load::Closed,
+        grpc: false,
     },
     LedgerScenario {
         name: "bulk1000",
@@ -140,6 +173,7 @@ const LEDGER_SCENARIOS: [LedgerScenario; 5] = [
         transfers_per_bulk: 1_000,
         spread: false,
         load: Load::Closed,
+        grpc: false,
     },
     LedgerScenario {
         name: "open",
@@ -148,6 +182,7 @@ const LEDGER_SCENARIOS: [LedgerScenario; 5] = [
         transfers_per_bulk: 1,
         spread: true,
         load: Load::Open { per_second: OPEN_RATE },
+        grpc: false,
     },
 ];
 
@@ -357,19 +392,29 @@ async fn run_ledger(
         };
         let bodies = Arc::new(bodies);
         let pick = if scenario.spread { Pick::Uniform } else { Pick::First };
-        let workers: Vec<BulkWorker> = (0..scenario.connections)
+        let message = grpc::bulk_message(&http::bulk_json(&hot, scenario.transfers_per_bulk));
+        let workers: Vec<AnyWorker> = (0..scenario.connections)
             .map(|i| {
                 let key_prefix = config
                     .idempotency_keys
                     .then(|| format!("bench-{}-{}-{i}", scenario.name, std::process::id()));
-                BulkWorker::new(
-                    server.address,
-                    bodies.clone(),
-                    pick,
-                    scenario.transfers_per_bulk,
-                    key_prefix,
-                    i as u64 + 1,
-                )
+                if scenario.grpc {
+                    AnyWorker::Grpc(Box::new(GrpcWorker::new(
+                        server.grpc_address,
+                        message.clone(),
+                        &server.api_key,
+                        key_prefix,
+                    )))
+                } else {
+                    AnyWorker::Http(BulkWorker::new(
+                        server.address,
+                        bodies.clone(),
+                        pick,
+                        scenario.transfers_per_bulk,
+                        key_prefix,
+                        i as u64 + 1,
+                    ))
+                }
             })
             .collect();
 

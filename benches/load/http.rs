@@ -62,9 +62,9 @@ impl Account {
     }
 }
 
-/// The body of `POST /v1/transfer/bulk` from `account` with `transfers`
-/// identical credit transfers (ids are assigned by the server).
-pub fn bulk_body(account: &Account, transfers: usize) -> Bytes {
+/// The bulk from `account` with `transfers` identical credit transfers (ids
+/// are assigned by the server), as JSON.
+pub fn bulk_json(account: &Account, transfers: usize) -> serde_json::Value {
     let transfer = json!({
         "amount": TRANSFER_AMOUNT,
         "currency": "EUR",
@@ -73,13 +73,17 @@ pub fn bulk_body(account: &Account, transfers: usize) -> Bytes {
         "counterparty_iban": COUNTERPARTY_IBAN,
         "description": "load benchmark",
     });
-    let body = json!({
+    json!({
         "organization_name": account.name,
         "organization_bic": BIC,
         "organization_iban": account.iban,
         "credit_transfers": vec![transfer; transfers],
-    });
-    Bytes::from(serde_json::to_vec(&body).expect("a JSON value serializes"))
+    })
+}
+
+/// The body of `POST /v1/transfer/bulk`: [`bulk_json`] serialized.
+pub fn bulk_body(account: &Account, transfers: usize) -> Bytes {
+    Bytes::from(serde_json::to_vec(&bulk_json(account, transfers)).expect("a JSON value serializes"))
 }
 
 /// `Authorization: Bearer <key>`, sent with every request once set.

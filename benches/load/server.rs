@@ -20,6 +20,10 @@ const RSS_INTERVAL: Duration = Duration::from_millis(100);
 pub struct Server {
     child: Child,
     pub address: SocketAddr,
+    /// Where the gRPC API listens.
+    pub grpc_address: SocketAddr,
+    /// The admin key every request carries.
+    pub api_key: String,
     pub log: PathBuf,
 }
 
@@ -41,7 +45,8 @@ impl Server {
                 String::from_utf8_lossy(&created.stderr)
             );
         }
-        super::http::use_api_key(String::from_utf8_lossy(&created.stdout).trim())?;
+        let api_key = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+        super::http::use_api_key(&api_key)?;
         let log_file = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let mut child = Command::new(binary)
             .arg("serve")
@@ -61,22 +66,33 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout is piped");
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            // The gRPC line comes first, the HTTP one when both are bound.
+            let mut grpc = String::new();
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(address) = line.strip_prefix("ledger gRPC listening on ") {
+                    grpc = address.trim_start_matches("http://").to_owned();
+                }
                 if let Some(address) = line.strip_prefix("ledger listening on ") {
-                    let _ = sender.send(address.trim_start_matches("http://").to_owned());
+                    let _ = sender.send((address.trim_start_matches("http://").to_owned(), grpc.clone()));
                 }
             }
         });
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut server = Server {
             child,
-            address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            address: unbound,
+            grpc_address: unbound,
+            api_key,
             log: log.to_path_buf(),
         };
         match receiver.recv_timeout(START_TIMEOUT) {
-            Ok(address) => {
+            Ok((address, grpc)) => {
                 server.address = address
                     .parse()
                     .with_context(|| format!("ledger serve printed an odd address: {address}"))?;
+                server.grpc_address = grpc
+                    .parse()
+                    .with_context(|| format!("ledger serve printed an odd gRPC address: {grpc:?}"))?;
                 Ok(server)
             }
             Err(_) => {
