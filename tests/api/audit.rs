@@ -449,3 +449,56 @@ async fn a_rebuild_while_serving_reproduces_the_projections() {
             .is_err()
     );
 }
+
+/// The asynchronous runner takes a projection's status row, then its table;
+/// a rebuild's swap must take them in the same order. Here the test plays
+/// the runner: it holds the counterparties row while a rebuild swaps, then
+/// reads the table. In the other order that read would wait for the
+/// dropped table while the rebuild waited for the row: a deadlock, and a
+/// failed rebuild.
+#[tokio::test]
+async fn a_rebuild_swap_waits_for_a_runner_batch_instead_of_deadlocking() {
+    let app = TestApp::spawn().await;
+    app.acme_with(10_000).await;
+    let mut runner = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM projection_status WHERE name = 'counterparties' FOR UPDATE")
+        .execute(&mut *runner)
+        .await
+        .unwrap();
+    let pool = app.db.pool().await;
+    let rebuild = ledger::projections::rebuild(&pool, &[], |_| {});
+    let play_runner = async {
+        // Until the rebuild's swap waits on a lock.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the rebuild never reached its swap"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // The runner's next step: its table. It must not wait for the rebuild.
+        sqlx::query("SET LOCAL lock_timeout = '5s'")
+            .execute(&mut *runner)
+            .await
+            .unwrap();
+        let read = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM counterparties")
+            .fetch_one(&mut *runner)
+            .await;
+        runner.commit().await.unwrap();
+        read
+    };
+    let (report, read) = tokio::join!(rebuild, play_runner);
+    read.expect("the runner reads its table while the rebuild waits for the row");
+    assert_eq!(report.expect("the rebuild succeeds").projections.len(), 3);
+}
