@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -32,15 +32,17 @@ pub async fn connect(options: PgConnectOptions, settings: &PoolSettings) -> Resu
 
 /// Applies pending migrations (the event store) and installs the
 /// projections. Safe to run from several processes at once.
+///
+/// On a connection of its own, outside the pool: schema changes are not
+/// bound by the requests' statement timeout (not even the first statement,
+/// which a `SET` after connecting would be) nor by the pool's acquire wait.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    // Schema changes may take longer than a request's statement budget.
-    let mut connection = pool.acquire().await?;
-    sqlx::query("SET statement_timeout = 0")
-        .execute(&mut *connection)
-        .await?;
-    MIGRATOR.run(&mut *connection).await?;
+    // Startup options apply in order: this one overrides the pool's.
+    let options = (*pool.connect_options()).clone().options([("statement_timeout", "0")]);
+    let mut connection = PgConnection::connect_with(&options).await?;
+    MIGRATOR.run(&mut connection).await?;
     crate::projections::install(&mut connection).await?;
-    sqlx::query("RESET statement_timeout").execute(&mut *connection).await?;
+    connection.close().await?;
     Ok(())
 }
 

@@ -226,6 +226,27 @@ async fn a_request_over_its_time_limit_is_a_503_and_its_key_tells_the_outcome() 
     assert_eq!(account["balance_cents"], 100_000_000 - 100_000, "booked exactly once");
 }
 
+/// Migrations are not requests: they run whatever the statement timeout,
+/// even on an empty database, and the server then starts under it.
+#[tokio::test]
+async fn migrations_ignore_the_requests_statement_timeout() {
+    let db = TestDb::empty().await;
+    let url = db.url();
+    let output = run_ledger(
+        &["migrate"],
+        &[("DATABASE_URL", &url), ("LEDGER_STATEMENT_TIMEOUT_MS", "1")],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let server = Binary::serve(&[("DATABASE_URL", &url), ("LEDGER_STATEMENT_TIMEOUT_MS", "1")]);
+    let response = server
+        .client
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+}
+
 /// A statement over LEDGER_STATEMENT_TIMEOUT_MS is cancelled by PostgreSQL:
 /// the request is a 503 and nothing is written.
 #[tokio::test]

@@ -85,13 +85,23 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A fresh database with the schema (copied from a migrated template).
     pub async fn new() -> TestDb {
+        TestDb::create(&server().template).await
+    }
+
+    /// A fresh database with nothing in it: no migration applied.
+    pub async fn empty() -> TestDb {
+        TestDb::create("template0").await
+    }
+
+    async fn create(template: &str) -> TestDb {
         let server = server();
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
         let mut admin = PgConnection::connect_with(&server.maintenance)
             .await
             .expect("connect to the test server");
-        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {}", server.template))
+        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
             .execute(&mut admin)
             .await
             .expect("create the test database");
