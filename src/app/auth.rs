@@ -489,13 +489,15 @@ impl Authenticator {
             self.forget(None);
             loop {
                 match listener.try_recv().await {
-                    Ok(Some(notification)) => {
-                        self.forget(Some(Uuid::parse_str(notification.payload()).unwrap_or(Uuid::nil())))
-                    }
-                    Ok(None) => self.forget(None),
+                    // An unreadable payload (a TRUNCATE sends an empty one):
+                    // forget every key.
+                    Ok(Some(notification)) => self.forget(Uuid::parse_str(notification.payload()).ok()),
+                    // The connection was lost: reconnect and LISTEN again
+                    // above, and only then forget everything, so no change
+                    // can slip between the forgetting and the listening.
+                    Ok(None) => break,
                     Err(error) => {
                         tracing::warn!(error = %error, "key change listener lost; reconnecting");
-                        self.forget(None);
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         break;
                     }

@@ -657,6 +657,12 @@ async fn serve(ledger: Arc<Ledger>, listen: SocketAddr, grpc_listen: GrpcListen)
             stop.send_replace(true);
         });
     }
+    // A server's failure is kept, so the process exits with it even when
+    // the other one is cut off at the end of the grace period.
+    let failure = std::sync::Mutex::new(None::<anyhow::Error>);
+    let fail = |error: anyhow::Error| {
+        failure.lock().expect("failure lock").get_or_insert(error);
+    };
     let http = {
         let mut stopped = stopped.clone();
         let app = crate::http::router(Arc::clone(&ledger));
@@ -668,18 +674,20 @@ async fn serve(ledger: Arc<Ledger>, listen: SocketAddr, grpc_listen: GrpcListen)
                 })
                 .await;
             stop.send_replace(true);
-            served.context("HTTP server")
+            if let Err(error) = served {
+                fail(anyhow::Error::new(error).context("HTTP server"));
+            }
         }
     };
     let grpc = async move {
         let Some(listener) = grpc_listener else {
-            return Ok(()); // off: nothing to stop the HTTP server for
+            return; // off: nothing to stop the HTTP server for
         };
-        let served = crate::grpc::serve(ledger, listener, stopped)
-            .await
-            .context("gRPC server");
+        let served = crate::grpc::serve(ledger, listener, stopped).await;
         stop.send_replace(true);
-        served
+        if let Err(error) = served {
+            fail(error.context("gRPC server"));
+        }
     };
     // Once stopping, in-flight calls get the request time limit and a little
     // more; a client that holds on longer (a stalled stream) is cut off.
@@ -689,14 +697,13 @@ async fn serve(ledger: Arc<Ledger>, listen: SocketAddr, grpc_listen: GrpcListen)
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
-        (http, grpc) = async { tokio::join!(http, grpc) } => {
-            http?;
-            grpc?;
-            tracing::info!("stopped");
-        }
+        _ = async { tokio::join!(http, grpc) } => tracing::info!("stopped"),
         _ = cut_off => tracing::warn!(?grace, "stopped with requests still open after the grace period"),
     }
-    Ok(())
+    match failure.into_inner().expect("failure lock") {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
 }
 
 async fn shutdown_signal() {

@@ -135,13 +135,21 @@ where
                 .headers()
                 .get(axum::http::header::AUTHORIZATION)
                 .map(|v| v.as_bytes());
-            match ledger.authenticate(authorization).await {
+            // Bounded like the call itself (a database that does not answer).
+            let limit = ledger.settings().limits.request_timeout;
+            let authenticated = match tokio::time::timeout(limit, ledger.authenticate(authorization)).await {
+                Ok(result) => result.map_err(status_of),
+                Err(_) => Err(Status::unavailable(format!(
+                    "authentication took longer than {} ms; nothing was done, retry later",
+                    limit.as_millis()
+                ))),
+            };
+            match authenticated {
                 Ok(principal) => {
                     request.extensions_mut().insert(principal);
                     inner.call(request).await
                 }
-                Err(error) => {
-                    let status = status_of(error);
+                Err(status) => {
                     crate::observability::record_grpc(method, status.code(), started.elapsed());
                     tracing::info!(method, code = ?status.code(), "call refused before its message was read");
                     Ok(status.into_http())

@@ -128,17 +128,18 @@ async fn run(
     // started before it has finished, so the rest of the log can be read
     // without the horizon.
     let mut tx = connection.begin().await?;
-    sqlx::query("LOCK TABLE public.events IN EXCLUSIVE MODE")
-        .execute(&mut *tx)
-        .await?;
-    // The status rows before the tables, in the order the asynchronous
-    // runner takes them (row, then table): a runner batch in progress
-    // finishes first, later ones skip the row. The other order (tables
-    // dropped, then the row) deadlocks with a runner batch that took the
-    // row and waits for the table.
+    // The status rows first, before holding writers back, and before the
+    // tables, in the order the asynchronous runner takes them (row, then
+    // table): a runner batch in progress finishes first (writers still
+    // write meanwhile), later ones skip the rows. Dropping the tables first
+    // and updating the rows after deadlocks with a runner batch that took
+    // the row and waits for the table.
     let names: Vec<&str> = selected.iter().map(|p| p.name).collect();
     sqlx::query("SELECT name FROM projection_status WHERE name = ANY($1) ORDER BY name FOR UPDATE")
         .bind(&names)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("LOCK TABLE public.events IN EXCLUSIVE MODE")
         .execute(&mut *tx)
         .await?;
     let mut events_during_swap = 0;

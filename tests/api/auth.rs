@@ -552,3 +552,28 @@ async fn no_key_or_secret_reaches_the_logs() {
         assert!(!stdout.contains(tail), "a secret on stdout");
     }
 }
+
+/// Emptying the key table (TRUNCATE, no rows to name) makes every server
+/// forget every cached key.
+#[tokio::test]
+async fn truncating_the_keys_refuses_every_cached_key() {
+    let f = fixture().await;
+    let account = format!("/v1/accounts/{ACME_IBAN}");
+    for client in [&f.admin, &f.account] {
+        let (status, _) = f.send(client, "GET", &account, None).await;
+        assert_eq!(status, 200, "the key works, and the server has cached it");
+    }
+    let pool = f.db.pool().await;
+    sqlx::query("TRUNCATE api_keys").execute(&pool).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    for client in [&f.admin, &f.account] {
+        loop {
+            let (status, _) = f.send(client, "GET", &account, None).await;
+            if status == 401 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "a truncated key still works");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
