@@ -636,7 +636,7 @@ enum Status {
 enum Process {
     /// Our running postmaster (or, where we cannot tell, presumed to be).
     Postmaster,
-    /// Exited but not yet reaped by its parent.
+    /// Exiting, or exited but not yet reaped by its parent.
     Zombie,
     /// No such process.
     Gone,
@@ -664,7 +664,10 @@ fn inspect_process(pid: i32, data: &Path) -> Process {
         // We are root or the server user, so only another user's process is
         // closed to us.
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Process::Other,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Process::Gone,
+        // Its stat is there but its cwd is not: it is exiting (killed, not
+        // yet a zombie). Still a PID the server's own check would take for
+        // a running postmaster: wait for it as for a zombie.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Process::Zombie,
         Err(_) => Process::Postmaster,
     }
 }
