@@ -392,7 +392,7 @@ async fn run_ledger(
         };
         let bodies = Arc::new(bodies);
         let pick = if scenario.spread { Pick::Uniform } else { Pick::First };
-        let message = grpc::bulk_message(&http::bulk_json(&hot, scenario.transfers_per_bulk));
+        let message = ledger::grpc::bulk_request_from_json(&http::bulk_json(&hot, scenario.transfers_per_bulk));
         let workers: Vec<AnyWorker> = (0..scenario.connections)
             .map(|i| {
                 let key_prefix = config

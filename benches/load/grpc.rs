@@ -5,38 +5,10 @@ use std::net::SocketAddr;
 
 use ledger::grpc::pb;
 use ledger::grpc::pb::ledger_service_client::LedgerServiceClient;
-use serde_json::Value;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 use super::driver::{CallResult, Worker};
-
-/// The bulk JSON of [`super::http::bulk_json`] as a `TransferBulkRequest`.
-pub fn bulk_message(json: &Value) -> pb::TransferBulkRequest {
-    let text = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
-    pb::TransferBulkRequest {
-        organization_name: text(json, "organization_name"),
-        organization_bic: text(json, "organization_bic"),
-        organization_iban: text(json, "organization_iban"),
-        credit_transfers: json["credit_transfers"]
-            .as_array()
-            .map(|transfers| {
-                transfers
-                    .iter()
-                    .map(|t| pb::CreditTransfer {
-                        amount: text(t, "amount"),
-                        currency: text(t, "currency"),
-                        counterparty_name: text(t, "counterparty_name"),
-                        counterparty_bic: text(t, "counterparty_bic"),
-                        counterparty_iban: text(t, "counterparty_iban"),
-                        description: t["description"].as_str().map(str::to_owned),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        idempotency_key: None,
-    }
-}
 
 /// A [`Worker`] calling `TransferBulk` on a channel of its own.
 pub struct GrpcWorker {

@@ -244,6 +244,14 @@ fn generate() -> Result<(Uuid, Secret, [u8; 32]), anyhow::Error> {
 
 /// Creates a key and returns it with its full text, which is not stored.
 pub async fn create_key(pool: &PgPool, scope: &Scope, name: Option<&str>) -> Result<(KeyInfo, Secret), AppError> {
+    insert_key(pool, scope, name).await
+}
+
+async fn insert_key<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    scope: &Scope,
+    name: Option<&str>,
+) -> Result<(KeyInfo, Secret), AppError> {
     let (id, secret, hash) = generate()?;
     let (scope_column, iban) = scope.column();
     let created_at: DateTime<Utc> = sqlx::query_scalar(
@@ -255,7 +263,7 @@ pub async fn create_key(pool: &PgPool, scope: &Scope, name: Option<&str>) -> Res
     .bind(scope_column)
     .bind(iban)
     .bind(name)
-    .fetch_one(pool)
+    .fetch_one(executor)
     .await?;
     let info = KeyInfo {
         id,
@@ -282,25 +290,9 @@ pub async fn create_first_admin_key(pool: &PgPool) -> Result<Option<(KeyInfo, Se
     if any {
         return Ok(None);
     }
-    let (id, secret, hash) = generate()?;
-    let created_at: DateTime<Utc> = sqlx::query_scalar(
-        "INSERT INTO api_keys (id, secret_hash, scope, name) VALUES ($1, $2, 'admin', 'first admin key') \
-         RETURNING created_at",
-    )
-    .bind(id)
-    .bind(hash.as_slice())
-    .fetch_one(&mut *tx)
-    .await?;
+    let created = insert_key(&mut *tx, &Scope::Admin, Some("first admin key")).await?;
     tx.commit().await?;
-    let info = KeyInfo {
-        id,
-        scope: "admin".to_owned(),
-        account_iban: None,
-        name: Some("first admin key".to_owned()),
-        created_at,
-        revoked_at: None,
-    };
-    Ok(Some((info, secret)))
+    Ok(Some(created))
 }
 
 /// What `revoke_key` found.

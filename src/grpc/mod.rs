@@ -382,6 +382,35 @@ fn bulk_body(request: &pb::TransferBulkRequest) -> Value {
     Value::Object(body)
 }
 
+/// A bulk in the HTTP API's JSON (the seed's format) as a gRPC message:
+/// the inverse of the conversion the server makes. For clients that hold
+/// their payrolls as JSON files.
+pub fn bulk_request_from_json(json: &Value) -> pb::TransferBulkRequest {
+    let text = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    pb::TransferBulkRequest {
+        organization_name: text(json, "organization_name"),
+        organization_bic: text(json, "organization_bic"),
+        organization_iban: text(json, "organization_iban"),
+        credit_transfers: json["credit_transfers"]
+            .as_array()
+            .map(|transfers| {
+                transfers
+                    .iter()
+                    .map(|t| pb::CreditTransfer {
+                        amount: text(t, "amount"),
+                        currency: text(t, "currency"),
+                        counterparty_name: text(t, "counterparty_name"),
+                        counterparty_bic: text(t, "counterparty_bic"),
+                        counterparty_iban: text(t, "counterparty_iban"),
+                        description: t["description"].as_str().map(str::to_owned),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        idempotency_key: None,
+    }
+}
+
 fn account_message(view: AccountView, replayed: bool) -> pb::Account {
     pb::Account {
         account_id: view.account_id.to_string(),
@@ -708,6 +737,17 @@ mod tests {
         assert_eq!(info.reason, "INSUFFICIENT_FUNDS");
         assert_eq!(info.metadata["requested_cents"], "5");
         assert_eq!(status.metadata().get("idempotent-replayed").unwrap(), "true");
+    }
+
+    #[test]
+    fn a_json_bulk_round_trips_through_the_message() {
+        let json = json!({"organization_name": "ACME Corp", "organization_bic": "OIVUSCLQXXX",
+                          "organization_iban": "FR10474608000002006107XXXXX",
+                          "credit_transfers": [{"amount": "14.5", "currency": "EUR", "counterparty_name": "Bip Bip",
+                                                "counterparty_bic": "CRLYFRPPTOU",
+                                                "counterparty_iban": "EE383680981021245685",
+                                                "description": "Wonderland/4410"}]});
+        assert_eq!(bulk_body(&bulk_request_from_json(&json)), json);
     }
 
     #[test]

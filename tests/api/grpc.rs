@@ -35,25 +35,9 @@ fn with_key<T>(message: T, key: &str) -> Request<T> {
 
 /// The seed's JSON bulk as a gRPC message.
 fn bulk_message(json: &Value, idempotency_key: Option<&str>) -> pb::TransferBulkRequest {
-    let text = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
     pb::TransferBulkRequest {
-        organization_name: text(json, "organization_name"),
-        organization_bic: text(json, "organization_bic"),
-        organization_iban: text(json, "organization_iban"),
-        credit_transfers: json["credit_transfers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| pb::CreditTransfer {
-                amount: text(t, "amount"),
-                currency: text(t, "currency"),
-                counterparty_name: text(t, "counterparty_name"),
-                counterparty_bic: text(t, "counterparty_bic"),
-                counterparty_iban: text(t, "counterparty_iban"),
-                description: t["description"].as_str().map(str::to_owned),
-            })
-            .collect(),
         idempotency_key: idempotency_key.map(str::to_owned),
+        ..ledger::grpc::bulk_request_from_json(json)
     }
 }
 
