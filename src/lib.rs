@@ -18,10 +18,13 @@
 //!   `app` calls.
 //! - [`pg`]: the project-local PostgreSQL cluster used when no
 //!   `DATABASE_URL` is given, and by the tests.
+//! - [`server`]: the whole server (both front ends and every background
+//!   task), started by `ledger serve`, the tests and the benchmarks.
 //! - [`cli`]: the `ledger` binary's subcommands.
 
 pub mod app;
 pub mod audit;
+pub mod canonical_json;
 pub mod cli;
 pub mod db;
 pub mod domain;
@@ -32,3 +35,4 @@ pub mod observability;
 pub mod pg;
 pub mod problem;
 pub mod projections;
+pub mod server;

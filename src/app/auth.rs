@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use super::AppError;
 use crate::domain::{Iban, IbanCheck};
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemType};
 
 pub const TOKEN_PREFIX: &str = "ldgr_";
 const ID_HEX_LEN: usize = 32;
@@ -154,9 +154,7 @@ impl Principal {
             Action::Audit => "run audits",
         };
         Err(Problem::new(
-            403,
-            "forbidden",
-            "Forbidden",
+            ProblemType::Forbidden,
             format!("this API key acts for account {own} only; it may not {what}"),
         ))
     }
@@ -356,7 +354,7 @@ pub struct Authenticator {
 }
 
 pub fn unauthorized(detail: &str) -> Problem {
-    Problem::new(401, "unauthorized", "Unauthorized", detail)
+    Problem::new(ProblemType::Unauthorized, detail)
 }
 
 impl Authenticator {
@@ -575,7 +573,7 @@ mod tests {
             Action::Audit,
         ] {
             let problem = key.authorize(action).unwrap_err();
-            assert_eq!(problem.status, 403, "{action:?}");
+            assert_eq!(problem.status(), 403, "{action:?}");
         }
         for admin in [Principal::operator(), Principal::anonymous()] {
             for action in [

@@ -27,14 +27,17 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
 
+use super::commands::{CommandKind, CommandView, Outcome, Render, decision_of, record_of};
 use super::idempotency::{self, IdempotencyKey, Recorded};
-use super::{AppError, CommandContext, CommandResponse, account_id_for, load_account, refusal_problem};
-use crate::domain::{self, Account, Command, Event, Iban};
+use super::problems::{AppError, refusal_problem};
+use super::queries::load_account;
+use super::{CommandContext, account_id_for};
+use crate::domain::{self, Account, Command, Iban};
 use crate::event_store::{self, AppendError, IdempotencyRecord, NewEvent, StreamHead};
 use crate::observability;
 
-/// Renders a command's response from the state before it and its events.
-pub(crate) type Render = Box<dyn Fn(Option<&Account>, &[Event]) -> Result<(u16, String), AppError> + Send + Sync>;
+/// What a caller waits for.
+type Answer = Result<Outcome<CommandView>, AppError>;
 
 /// Bounds of a batch, configurable (`ledger serve --help`).
 #[derive(Debug, Clone)]
@@ -82,10 +85,12 @@ impl GroupCommitStats {
 
 struct Pending {
     ctx: CommandContext,
+    /// The idempotency key, with the command's fingerprint.
+    idempotency: Option<(IdempotencyKey, [u8; 32])>,
     iban: Iban,
     command: Command,
     render: Render,
-    reply: oneshot::Sender<Result<CommandResponse, AppError>>,
+    reply: oneshot::Sender<Answer>,
 }
 
 struct Stripe {
@@ -143,16 +148,18 @@ impl GroupCommit {
     pub(crate) async fn submit(
         self: &Arc<Self>,
         ctx: CommandContext,
+        idempotency: Option<(IdempotencyKey, [u8; 32])>,
         iban: Iban,
         command: Command,
         render: Render,
-    ) -> Result<CommandResponse, AppError> {
+    ) -> Answer {
         let this = Arc::clone(self);
         let task = tokio::spawn(async move {
             let index = GroupCommit::stripe_index(&iban);
             let (reply, mut outcome) = oneshot::channel();
             this.stripes[index].queue.lock().expect("queue lock").push(Pending {
                 ctx,
+                idempotency,
                 iban,
                 command,
                 render,
@@ -252,9 +259,10 @@ impl GroupCommit {
                 Err(BatchError::KeyTaken) => {
                     // A batch of one: its key is now recorded; answer with it.
                     let pending = group.into_iter().next().expect("a batch of one");
-                    let outcome = match &pending.ctx.idempotency {
+                    let kind = CommandKind::of(&pending.command);
+                    let outcome = match &pending.idempotency {
                         Some((key, hash)) => match idempotency::lookup(&self.pool, key).await {
-                            Ok(Some(recorded)) => replay(&recorded, hash),
+                            Ok(Some(recorded)) => replay(kind, &recorded, hash),
                             Ok(None) => Err(AppError::Internal(anyhow::anyhow!(
                                 "idempotency key taken but not found"
                             ))),
@@ -270,16 +278,14 @@ impl GroupCommit {
                 Err(BatchError::Failed(error)) => {
                     self.forget(index);
                     // Every command of the batch shares the failure, and its
-                    // kind: "retry later" stays a 503 for each of them.
-                    let message = format!("{error:#}");
-                    let unavailable = matches!(error, AppError::Unavailable(_));
+                    // kind: "nothing written" and "outcome unknown" stay
+                    // what they are for each of them. Never retried here: a
+                    // commit that may have happened is only safe to retry
+                    // for a client holding the idempotency key.
                     for pending in group {
-                        let error = anyhow::anyhow!("{message}");
-                        let _ = pending.reply.send(Err(if unavailable {
-                            AppError::Unavailable(error)
-                        } else {
-                            AppError::Internal(error)
-                        }));
+                        let outcome = Err(error.share());
+                        record_outcome(&pending.command, &outcome);
+                        let _ = pending.reply.send(outcome);
                     }
                     return;
                 }
@@ -300,7 +306,7 @@ impl GroupCommit {
         iban: &Iban,
         group: &[Pending],
         look_up_keys: bool,
-    ) -> Result<Vec<Result<CommandResponse, AppError>>, BatchError> {
+    ) -> Result<Vec<Answer>, BatchError> {
         let cached = self.stripes[index]
             .last
             .lock()
@@ -318,7 +324,7 @@ impl GroupCommit {
         };
         let keys: Vec<&IdempotencyKey> = group
             .iter()
-            .filter_map(|p| p.ctx.idempotency.as_ref().map(|(key, _)| key))
+            .filter_map(|p| p.idempotency.as_ref().map(|(key, _)| key))
             .collect();
         let recorded = if keys.is_empty() || !look_up_keys {
             HashMap::new()
@@ -328,16 +334,16 @@ impl GroupCommit {
                 .map_err(AppendError::Database)?
         };
 
-        let mut outcomes: Vec<Option<Result<CommandResponse, AppError>>> = (0..group.len()).map(|_| None).collect();
+        let mut outcomes: Vec<Option<Answer>> = (0..group.len()).map(|_| None).collect();
         let mut events: Vec<NewEvent> = Vec::new();
         let mut records: Vec<IdempotencyRecord> = Vec::new();
         // A key seen earlier in this batch: (index of its first command, request hash).
         let mut batch_keys: HashMap<&IdempotencyKey, (usize, [u8; 32])> = HashMap::new();
         let mut repeats: Vec<(usize, usize)> = Vec::new();
         for (index, pending) in group.iter().enumerate() {
-            if let Some((key, hash)) = &pending.ctx.idempotency {
+            if let Some((key, hash)) = &pending.idempotency {
                 if let Some(recorded) = recorded.get(key) {
-                    outcomes[index] = Some(replay(recorded, hash));
+                    outcomes[index] = Some(replay(CommandKind::of(&pending.command), recorded, hash));
                     continue;
                 }
                 if let Some((first, first_hash)) = batch_keys.get(key) {
@@ -359,8 +365,8 @@ impl GroupCommit {
                     continue;
                 }
             };
-            let (status, body) = match (pending.render)(state.as_ref(), &decided) {
-                Ok(rendered) => rendered,
+            let decision = match (pending.render)(state.as_ref(), &decided) {
+                Ok(decision) => decision,
                 Err(error) => {
                     outcomes[index] = Some(Err(error));
                     continue;
@@ -370,8 +376,8 @@ impl GroupCommit {
             let (actor, api_key_id) = pending.ctx.principal.metadata();
             let metadata = json!({
                 "request_id": pending.ctx.request_id,
-                "idempotency_key": pending.ctx.idempotency.as_ref().map(|(key, _)| key.as_str()),
-                "command": super::command_name(&pending.command),
+                "idempotency_key": pending.idempotency.as_ref().map(|(key, _)| key.as_str()),
+                "command": CommandKind::of(&pending.command).name(),
                 "actor": actor,
                 "api_key_id": api_key_id,
             });
@@ -379,28 +385,40 @@ impl GroupCommit {
                 event,
                 metadata: metadata.clone(),
             }));
-            if let Some((key, hash)) = &pending.ctx.idempotency {
+            if let Some((key, hash)) = &pending.idempotency {
+                // Recorded only when a key may ask for it again.
+                let (status, body) = record_of(&decision);
                 records.push(IdempotencyRecord {
                     scope: key.scope().to_owned(),
                     key: key.as_str().to_owned(),
                     request_hash: *hash,
                     response_status: status,
-                    response_body: body.clone(),
+                    response_body: body,
                 });
                 batch_keys.insert(key, (index, *hash));
             }
-            outcomes[index] = Some(Ok(CommandResponse {
-                status,
-                body,
+            outcomes[index] = Some(Ok(Outcome {
+                result: decision,
                 replayed: false,
             }));
         }
         let head = if events.is_empty() {
             head
         } else {
-            event_store::append(&self.pool, account_id_for(iban), head, &events, Utc::now(), &records)
-                .await?
-                .head
+            // Acquired apart from the append, so that a failure to get a
+            // connection (nothing sent: safe to retry) is never taken for
+            // a connection lost in flight (outcome unknown).
+            let mut connection = self.pool.acquire().await.map_err(AppError::from)?;
+            event_store::append(
+                &mut *connection,
+                account_id_for(iban),
+                head,
+                &events,
+                Utc::now(),
+                &records,
+            )
+            .await?
+            .head
         };
         if let Some(account) = &state {
             *self.stripes[index].last.lock().expect("cache lock") = Some((iban.clone(), account.clone(), head));
@@ -413,9 +431,9 @@ impl GroupCommit {
         // A repeated key within the batch gets its first command's answer.
         for (index, first) in repeats {
             outcomes[index] = Some(match &outcomes[first] {
-                Some(Ok(response)) => Ok(CommandResponse {
+                Some(Ok(outcome)) => Ok(Outcome {
                     replayed: true,
-                    ..response.clone()
+                    ..outcome.clone()
                 }),
                 Some(Err(AppError::Client(problem))) => Err(AppError::Client(problem.clone())),
                 _ => Err(AppError::Internal(anyhow::anyhow!(
@@ -447,17 +465,22 @@ fn weight(command: &Command) -> usize {
 
 /// Counts a command's outcome: accepted, replayed, refused (by problem
 /// type) or failed.
-fn record_outcome(command: &Command, outcome: &Result<CommandResponse, AppError>) {
+fn record_outcome(command: &Command, outcome: &Answer) {
     let outcome = match outcome {
-        Ok(response) if response.replayed => "replayed".to_owned(),
-        Ok(response) if response.status < 400 => "accepted".to_owned(),
-        Ok(response) => format!("refused_{}", response.status),
-        Err(AppError::Client(problem)) => format!("refused_{}", problem.kind.trim_start_matches("/problems/")),
+        Ok(outcome) if outcome.replayed => "replayed".to_owned(),
+        Ok(Outcome { result: Ok(_), .. }) => "accepted".to_owned(),
+        // A recorded refusal, by status (`refused_422`); one that records
+        // nothing, by problem type.
+        Ok(Outcome {
+            result: Err(problem), ..
+        }) => format!("refused_{}", problem.status()),
+        Err(AppError::Client(problem)) => format!("refused_{}", problem.kind.slug()),
         Err(AppError::Unavailable(_)) => "unavailable".to_owned(),
+        Err(AppError::OutcomeUnknown(_)) => "outcome_unknown".to_owned(),
         Err(AppError::Internal(_)) => "failed".to_owned(),
     };
-    metrics::counter!(observability::COMMANDS, "command" => super::command_name(command), "outcome" => outcome)
-        .increment(1);
+    let command = CommandKind::of(command).name();
+    metrics::counter!(observability::COMMANDS, "command" => command, "outcome" => outcome).increment(1);
 }
 
 /// Why a batch did not commit.
@@ -475,6 +498,9 @@ impl From<AppendError> for BatchError {
             AppendError::VersionConflict => BatchError::Conflict,
             AppendError::IdempotencyKeyTaken => BatchError::KeyTaken,
             AppendError::Database(error) => BatchError::Failed(error.into()),
+            AppendError::OutcomeUnknown(error) => BatchError::Failed(AppError::OutcomeUnknown(
+                anyhow::Error::new(error).context("the connection broke while the append was in flight"),
+            )),
         }
     }
 }
@@ -485,11 +511,12 @@ impl From<AppError> for BatchError {
     }
 }
 
-pub(crate) fn replay(recorded: &Recorded, hash: &[u8; 32]) -> Result<CommandResponse, AppError> {
+/// The recorded answer for a key, if the command is the one it was
+/// recorded for; else the key is being reused (409).
+fn replay(kind: CommandKind, recorded: &Recorded, hash: &[u8; 32]) -> Answer {
     if recorded.request_hash == hash.as_slice() {
-        Ok(CommandResponse {
-            status: recorded.status,
-            body: recorded.body.clone(),
+        Ok(Outcome {
+            result: decision_of(kind, recorded.status, &recorded.body)?,
             replayed: true,
         })
     } else {

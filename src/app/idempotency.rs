@@ -1,11 +1,10 @@
-//! Idempotency keys (SPEC §2.4): a repeat with the same key and body gets
-//! the first response again; the same key with another body is a conflict.
+//! Idempotency keys (SPEC §2.4): a repeat with the same key and the same
+//! command (equal fingerprints, see `requests.rs`) gets the first answer
+//! again; the same key with another command is a conflict.
 
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-use crate::event_store::hash::canonical_json;
-use crate::problem::{FieldError, Problem};
+use crate::problem::{FieldError, Problem, ProblemType};
 
 pub const KEY_BYTES_MAX: usize = 255;
 
@@ -43,30 +42,6 @@ impl IdempotencyKey {
     pub fn scope(&self) -> &str {
         &self.scope
     }
-}
-
-/// Fingerprint of a request: method, path and body. A JSON body is hashed
-/// in canonical form, so the same document with its keys in another order
-/// or other whitespace is the same request.
-pub fn request_hash(method: &str, path: &str, body: &[u8]) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(method.as_bytes());
-    hasher.update([0]);
-    hasher.update(path.as_bytes());
-    hasher.update([0]);
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(json) => {
-            let mut canonical = Vec::with_capacity(body.len());
-            canonical_json(&json, &mut canonical);
-            hasher.update(b"json\0");
-            hasher.update(&canonical);
-        }
-        Err(_) => {
-            hasher.update(b"raw\0");
-            hasher.update(body);
-        }
-    }
-    hasher.finalize().into()
 }
 
 /// The response recorded for a key.
@@ -122,9 +97,7 @@ pub async fn lookup_many(
 
 pub fn key_reused() -> Problem {
     Problem::new(
-        409,
-        "idempotency-key-reused",
-        "Idempotency key reused",
+        ProblemType::IdempotencyKeyReused,
         "this Idempotency-Key was already used with a different request",
     )
 }

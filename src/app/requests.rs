@@ -1,8 +1,9 @@
 //! Request bodies, parsed into commands. Every invalid field is reported at
 //! once, by its JSON path, so a client fixes a payroll file in one go.
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
+use crate::canonical_json;
 use crate::domain::{Amount, Bic, Currency, Iban, IbanCheck};
 use crate::problem::FieldError;
 
@@ -43,6 +44,66 @@ pub struct CreditTransferRequest {
     pub counterparty_bic: Bic,
     pub counterparty_iban: Iban,
     pub description: String,
+}
+
+// Fingerprints (SPEC §2.4): a digest of the parsed command, its kind and
+// every field, canonical (IBANs as stored, amounts in minor units or as
+// their exact decimal value), so that how a request was spelled, and which
+// API it came through, never matter. Two requests with equal fingerprints
+// are the same request for their idempotency key.
+
+impl OpenAccountRequest {
+    pub fn fingerprint(&self) -> [u8; 32] {
+        canonical_json::digest(&json!({
+            "command": "open_account",
+            "organization_name": self.organization_name,
+            "iban": self.iban.as_str(),
+            "bic": self.bic.to_string(),
+            "currency": self.currency.code(),
+        }))
+    }
+}
+
+impl DepositRequest {
+    /// The account is part of the command: it comes from the path.
+    pub fn fingerprint(&self, iban: &Iban) -> [u8; 32] {
+        canonical_json::digest(&json!({
+            "command": "deposit",
+            "iban": iban.as_str(),
+            // Exact, whatever the spelling: `1.5`, `1.50` and `"1.50"` are
+            // one amount (minor units need the account's currency, which
+            // the request may leave out).
+            "amount": self.amount.to_string(),
+            "currency": self.currency.map(|c| c.code()),
+            "reference": self.reference,
+        }))
+    }
+}
+
+impl BulkTransferRequest {
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let transfers: Vec<Value> = self
+            .credit_transfers
+            .iter()
+            .map(|t| {
+                json!({
+                    "amount_cents": t.amount_cents,
+                    "currency": t.currency.code(),
+                    "counterparty_name": t.counterparty_name,
+                    "counterparty_bic": t.counterparty_bic.to_string(),
+                    "counterparty_iban": t.counterparty_iban.as_str(),
+                    "description": t.description,
+                })
+            })
+            .collect();
+        canonical_json::digest(&json!({
+            "command": "transfer_bulk",
+            "organization_name": self.organization_name,
+            "organization_bic": self.organization_bic.to_string(),
+            "organization_iban": self.organization_iban.as_str(),
+            "credit_transfers": transfers,
+        }))
+    }
 }
 
 /// Collects field errors while reading a JSON document.
@@ -340,6 +401,30 @@ mod tests {
             fields(parse_bulk_transfer(&body(0), IbanCheck::Structure, 3).unwrap_err()),
             vec!["credit_transfers"]
         );
+    }
+
+    #[test]
+    fn fingerprints_cover_the_command_not_its_spelling() {
+        let spelled = |amount: &str| -> [u8; 32] {
+            let body: Value = serde_json::from_str(&format!(r#"{{"amount": {amount}, "reference": "x"}}"#)).unwrap();
+            let iban = Iban::parse("DE89 3704 0044 0532 0130 00", IbanCheck::Full).unwrap();
+            parse_deposit(&body).unwrap().fingerprint(&iban)
+        };
+        assert_eq!(spelled("1.5"), spelled("1.50"));
+        assert_eq!(spelled("1.5"), spelled(r#""1.50""#));
+        assert_ne!(spelled("1.5"), spelled("1.51"));
+        let bulk = |amount: &str, description: &str| {
+            let body = json!({"organization_name": "A", "organization_bic": "OIVUSCLQXXX",
+                "organization_iban": "FR10474608000002006107XXXXX",
+                "credit_transfers": [{"amount": amount, "currency": "EUR", "counterparty_name": "B",
+                    "counterparty_bic": "CRLYFRPPTOU", "counterparty_iban": "EE38 3680 9810 2124 5685",
+                    "description": description}]});
+            parse_bulk_transfer(&body, IbanCheck::Structure, 10)
+                .unwrap()
+                .fingerprint()
+        };
+        assert_eq!(bulk("14.5", "x"), bulk("14.50", "x"));
+        assert_ne!(bulk("14.5", "x"), bulk("14.5", "y"));
     }
 
     #[test]

@@ -164,6 +164,19 @@ impl Amount {
     }
 }
 
+/// The amount's exact value in its shortest spelling: `1.50` is `1.5`.
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let per_unit = 10_i64.pow(self.scale);
+        let (units, fraction) = (self.mantissa / per_unit, self.mantissa % per_unit);
+        if self.scale == 0 {
+            write!(f, "{units}")
+        } else {
+            write!(f, "{units}.{fraction:0width$}", width = self.scale as usize)
+        }
+    }
+}
+
 /// Parses a positive decimal amount into minor units of `currency`.
 pub fn parse_amount(text: &str, currency: Currency) -> Result<i64, AmountError> {
     Amount::parse(text)?.to_minor(currency)
@@ -224,6 +237,22 @@ mod tests {
         assert_eq!(parse_amount("1,50", eur), Err(AmountError::NotDecimal));
         assert_eq!(parse_amount("1000000000000.01", eur), Err(AmountError::TooLarge));
         assert_eq!(parse_amount("99999999999999999999999", eur), Err(AmountError::TooLarge));
+    }
+
+    #[test]
+    fn amounts_print_in_their_shortest_exact_spelling() {
+        for (text, shortest) in [
+            ("1.50", "1.5"),
+            ("0014.500", "14.5"),
+            ("7", "7"),
+            ("0.05", "0.05"),
+            ("3.", ""),
+        ] {
+            match Amount::parse(text) {
+                Ok(amount) => assert_eq!(amount.to_string(), shortest, "{text}"),
+                Err(_) => assert_eq!(shortest, "", "{text}"),
+            }
+        }
     }
 
     #[test]

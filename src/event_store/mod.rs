@@ -63,8 +63,16 @@ pub enum AppendError {
     /// A concurrent request with the same idempotency key committed first.
     #[error("idempotency key already recorded")]
     IdempotencyKeyTaken,
+    /// The statement failed, or never reached the server: nothing was
+    /// written.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// The connection broke while the statement was in flight: it may have
+    /// committed (see [`crate::app::is_outcome_unknown`]). Only when the
+    /// executor is a connection already acquired: acquiring one is then
+    /// not part of the append.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(sqlx::Error),
 }
 
 /// One event as stored.
@@ -127,6 +135,10 @@ SELECT (SELECT min(position) FROM ins) AS first_position,
 /// Appends `events` to `stream_id`, which must be at `head` (optimistic
 /// concurrency), chaining their hashes from `head.hash`, and applies the
 /// inline projections in the same statement.
+///
+/// Pass a connection already acquired (or a transaction), not a pool:
+/// then a broken connection is [`AppendError::OutcomeUnknown`] for sure,
+/// never a failure to connect taken for one.
 pub async fn append<'e, E: sqlx::PgExecutor<'e>>(
     executor: E,
     stream_id: Uuid,
@@ -199,6 +211,9 @@ pub async fn append<'e, E: sqlx::PgExecutor<'e>>(
 }
 
 fn classify(error: sqlx::Error) -> AppendError {
+    if crate::app::is_outcome_unknown(&error) {
+        return AppendError::OutcomeUnknown(error);
+    }
     if let sqlx::Error::Database(db) = &error {
         match db.constraint() {
             Some("events_stream_version_key") => return AppendError::VersionConflict,

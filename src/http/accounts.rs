@@ -3,13 +3,14 @@
 
 use axum::Extension;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{OriginalUri, Path, State};
-use axum::http::{HeaderMap, Method};
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
 
 use super::{ApiError, AppState, QueryMap, command_input, command_response, ok_json, query_map};
 use crate::app::auth::{Action, Principal};
+use crate::app::params::{HistoryCursor, PageSize, PointInTime};
 use crate::app::requests::{parse_deposit, parse_open_account};
 use crate::app::views::{AccountView, DepositView, PointInTimeView, TransactionPage};
 use crate::audit::StreamAudit;
@@ -34,14 +35,12 @@ use crate::problem::Problem;
 pub async fn open(
     State(ledger): State<AppState>,
     Extension(principal): Extension<Principal>,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     // Refused before the body is even read.
     principal.authorize(Action::OpenAccount)?;
-    let input = command_input(principal, &headers, &method, uri.path(), body)?;
+    let input = command_input(principal, &headers, body)?;
     let request = parse_open_account(&input.body, ledger.settings().iban_check).map_err(Problem::validation)?;
     Ok(command_response(ledger.open_account(&input.context, request).await?))
 }
@@ -66,16 +65,12 @@ pub async fn deposit(
     State(ledger): State<AppState>,
     Extension(principal): Extension<Principal>,
     iban: IbanPath,
-    method: Method,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     principal.authorize(Action::Deposit)?;
     let iban = ledger.lookup_iban(&path_iban(iban)?, "iban")?;
-    // Fingerprinted with the IBAN as stored, however the path spelled it,
-    // as the gRPC API does.
-    let path = format!("/v1/accounts/{iban}/deposits");
-    let input = command_input(principal, &headers, &method, &path, body)?;
+    let input = command_input(principal, &headers, body)?;
     let request = parse_deposit(&input.body).map_err(Problem::validation)?;
     Ok(command_response(ledger.deposit(&input.context, &iban, request).await?))
 }
@@ -123,15 +118,17 @@ pub async fn transactions(
 ) -> Result<Response, ApiError> {
     let iban = ledger.lookup_iban(&path_iban(iban)?, "iban")?;
     let query = query_map(query)?;
-    let page = ledger
-        .transactions(
-            &principal,
-            &iban,
-            query.get("limit").map(String::as_str),
-            query.get("cursor").map(String::as_str),
-        )
-        .await?;
-    Ok(ok_json(&page))
+    // Both parameters are checked before either is reported.
+    let limit = PageSize::parse(query.get("limit").map(String::as_str), &ledger.settings().limits);
+    let cursor = query.get("cursor").map(|text| HistoryCursor::parse(text)).transpose();
+    let (limit, cursor) = match (limit, cursor) {
+        (Ok(limit), Ok(cursor)) => (limit, cursor),
+        (limit, cursor) => {
+            let errors = [limit.err(), cursor.err()].into_iter().flatten().collect();
+            return Err(Problem::validation(errors).into());
+        }
+    };
+    Ok(ok_json(&ledger.transactions(&principal, &iban, limit, cursor).await?))
 }
 
 /// The balance at a past time or position, replayed from the log.
@@ -156,15 +153,12 @@ pub async fn balance_at(
 ) -> Result<Response, ApiError> {
     let iban = ledger.lookup_iban(&path_iban(iban)?, "iban")?;
     let query = query_map(query)?;
-    let view = ledger
-        .balance_at(
-            &principal,
-            &iban,
-            query.get("as_of").map(String::as_str),
-            query.get("position").map(String::as_str),
-        )
-        .await?;
-    Ok(ok_json(&view))
+    let at = PointInTime::parse(
+        query.get("as_of").map(String::as_str),
+        query.get("position").map(String::as_str),
+    )
+    .map_err(Problem::validation)?;
+    Ok(ok_json(&ledger.balance_at(&principal, &iban, at).await?))
 }
 
 /// Replay the account's stream, verify its hash chain, compare with the projections.

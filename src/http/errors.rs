@@ -7,7 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::app::AppError;
-use crate::problem::{FieldError, Problem};
+use crate::problem::{FieldError, Problem, ProblemType};
 
 /// An error leaving a handler: a problem for the client, or an operational
 /// failure that is logged with its cause chain and answered with a bare 500
@@ -29,37 +29,27 @@ impl From<Problem> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        match self.0 {
-            AppError::Client(problem) => problem_response(&problem),
+        match &self.0 {
+            AppError::Client(_) => {}
             AppError::Unavailable(error) => {
-                tracing::warn!(error = format!("{error:#}"), "request refused: database unavailable");
-                problem_response(&Problem::new(
-                    503,
-                    "unavailable",
-                    "Service unavailable",
-                    "the database is unavailable or overloaded; nothing was changed, retry later",
-                ))
+                tracing::warn!(error = format!("{error:#}"), "request refused: database unavailable")
             }
-            AppError::Internal(error) => {
-                // The span carries the request id; the client gets none of this.
-                tracing::error!(error = format!("{error:#}"), "request failed");
-                problem_response(&internal())
-            }
+            AppError::OutcomeUnknown(error) => tracing::error!(
+                error = format!("{error:#}"),
+                "connection lost while a command was committing: its outcome is unknown"
+            ),
+            // The span carries the request id; the client gets none of this.
+            AppError::Internal(error) => tracing::error!(error = format!("{error:#}"), "request failed"),
         }
+        problem_response(&self.0.problem())
     }
 }
 
-fn internal() -> Problem {
-    Problem::new(
-        500,
-        "internal",
-        "Internal error",
-        "an unexpected error occurred; it has been logged with this request's x-request-id",
-    )
-}
-
+/// A problem as a response: its status, `application/problem+json`, and
+/// the headers its type calls for (`WWW-Authenticate` on a 401,
+/// `Retry-After` on a 503).
 pub fn problem_response(problem: &Problem) -> Response {
-    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = StatusCode::from_u16(problem.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (
         status,
         [(
@@ -69,12 +59,17 @@ pub fn problem_response(problem: &Problem) -> Response {
         problem.to_json(),
     )
         .into_response();
-    if status == StatusCode::UNAUTHORIZED {
+    if problem.kind == ProblemType::Unauthorized {
         // RFC 6750 §3: how to authenticate.
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static(r#"Bearer realm="ledger""#),
         );
+    }
+    if let Some(seconds) = problem.kind.retry_after_seconds() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
 }
@@ -82,9 +77,7 @@ pub fn problem_response(problem: &Problem) -> Response {
 pub fn body_rejection(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         Problem::new(
-            413,
-            "body-too-large",
-            "Body too large",
+            ProblemType::BodyTooLarge,
             "the request body exceeds the configured limit",
         )
         .into()
@@ -103,9 +96,7 @@ pub async fn not_found() -> Response {
 
 pub async fn method_not_allowed() -> Response {
     problem_response(&Problem::new(
-        405,
-        "method-not-allowed",
-        "Method not allowed",
+        ProblemType::MethodNotAllowed,
         "this route does not accept that method",
     ))
 }
@@ -117,5 +108,5 @@ pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("(no message)");
     tracing::error!(panic = message, "handler panicked");
-    problem_response(&internal())
+    problem_response(&AppError::Internal(anyhow::anyhow!("handler panicked")).problem())
 }

@@ -5,6 +5,7 @@ use axum::Extension;
 use axum::extract::State;
 
 use crate::app::auth::Principal;
+use crate::app::params::{PageSize, parse_feed_cursor};
 use axum::response::Response;
 
 use crate::app::views::FeedPage;
@@ -30,12 +31,15 @@ pub async fn feed(
     query: QueryMap,
 ) -> Result<Response, ApiError> {
     let query = query_map(query)?;
-    let page = ledger
-        .events(
-            &principal,
-            query.get("after").map(String::as_str),
-            query.get("limit").map(String::as_str),
-        )
-        .await?;
-    Ok(ok_json(&page))
+    // Both parameters are checked before either is reported.
+    let after = parse_feed_cursor(query.get("after").map(String::as_str));
+    let limit = PageSize::parse(query.get("limit").map(String::as_str), &ledger.settings().limits);
+    let (after, limit) = match (after, limit) {
+        (Ok(after), Ok(limit)) => (after, limit),
+        (after, limit) => {
+            let errors = [after.err(), limit.err()].into_iter().flatten().collect();
+            return Err(Problem::validation(errors).into());
+        }
+    };
+    Ok(ok_json(&ledger.events(&principal, after, limit).await?))
 }

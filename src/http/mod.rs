@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -23,9 +23,9 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
 use crate::app::auth::Principal;
-use crate::app::idempotency::{IdempotencyKey, request_hash};
-use crate::app::{CommandContext, CommandResponse, Ledger};
-use crate::problem::{FieldError, Problem};
+use crate::app::idempotency::IdempotencyKey;
+use crate::app::{CommandContext, Ledger, Outcome};
+use crate::problem::{FieldError, Problem, ProblemType};
 pub use errors::ApiError;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -132,9 +132,7 @@ async fn time_limit(
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => errors::problem_response(&Problem::new(
-            503,
-            "timeout",
-            "Request timed out",
+            ProblemType::Timeout,
             format!(
                 "the request took longer than {} ms; a command may still have been applied — retry it with the same Idempotency-Key to learn its outcome",
                 limit.as_millis()
@@ -214,9 +212,7 @@ async fn readyz(State(ledger): State<AppState>) -> Response {
         Err(error) => {
             tracing::warn!(error = format!("{error:#}"), "not ready");
             errors::problem_response(&Problem::new(
-                503,
-                "not-ready",
-                "Not ready",
+                ProblemType::NotReady,
                 "the database is unreachable or not migrated",
             ))
         }
@@ -248,8 +244,7 @@ pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
 }
 
 /// Everything a command needs from the request besides its parsed body:
-/// the request id, the idempotency key with the request's fingerprint, and
-/// the body as JSON.
+/// the request id, the idempotency key, and the body as JSON.
 pub(crate) struct CommandInput {
     pub context: CommandContext,
     pub body: serde_json::Value,
@@ -258,8 +253,6 @@ pub(crate) struct CommandInput {
 pub(crate) fn command_input(
     principal: Principal,
     headers: &axum::http::HeaderMap,
-    method: &Method,
-    path: &str,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<CommandInput, ApiError> {
     let body = body.map_err(errors::body_rejection)?;
@@ -274,13 +267,7 @@ pub(crate) fn command_input(
             })
             .unwrap_or(false);
         if !is_json {
-            return Err(Problem::new(
-                415,
-                "unsupported-media-type",
-                "Unsupported media type",
-                "send the body as application/json",
-            )
-            .into());
+            return Err(Problem::new(ProblemType::UnsupportedMediaType, "send the body as application/json").into());
         }
     }
     let request_id = headers
@@ -288,39 +275,34 @@ pub(crate) fn command_input(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let idempotency = match headers.get(IDEMPOTENCY_KEY) {
-        None => None,
-        Some(raw) => Some((
-            IdempotencyKey::parse(raw.as_bytes(), principal.idempotency_scope())?,
-            request_hash(method.as_str(), path, &body),
-        )),
-    };
+    let idempotency_key = headers
+        .get(IDEMPOTENCY_KEY)
+        .map(|raw| IdempotencyKey::parse(raw.as_bytes(), principal.idempotency_scope()))
+        .transpose()?;
     let body = serde_json::from_slice(&body)
         .map_err(|error| Problem::validation(vec![FieldError::new("body", format!("is not valid JSON: {error}"))]))?;
     Ok(CommandInput {
         context: CommandContext {
             principal,
             request_id,
-            idempotency,
+            idempotency_key,
         },
         body,
     })
 }
 
-pub(crate) fn command_response(response: CommandResponse) -> Response {
-    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let content_type = if status.is_success() {
-        "application/json"
-    } else {
-        "application/problem+json"
+/// A command's outcome: 201 with its view, or its recorded refusal, marked
+/// `Idempotent-Replayed: true` when a key answered it from the record.
+pub(crate) fn command_response<V: serde::Serialize>(outcome: Outcome<V>) -> Response {
+    let mut http = match &outcome.result {
+        // Views are plain structs of strings, numbers and JSON values.
+        Ok(view) => json_response(
+            StatusCode::CREATED,
+            serde_json::to_string(view).expect("view serialises"),
+        ),
+        Err(problem) => errors::problem_response(problem),
     };
-    let mut http = (
-        status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
-        response.body,
-    )
-        .into_response();
-    if response.replayed {
+    if outcome.replayed {
         http.headers_mut()
             .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }

@@ -1,9 +1,9 @@
 //! `POST /v1/transfer/bulk`: the seed's endpoint, body and status codes.
 
 use axum::Extension;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{OriginalUri, State};
-use axum::http::{HeaderMap, Method};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
 
@@ -33,12 +33,10 @@ use crate::problem::Problem;
 pub async fn bulk(
     State(ledger): State<AppState>,
     Extension(principal): Extension<Principal>,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let input = command_input(principal, &headers, &method, uri.path(), body)?;
+    let input = command_input(principal, &headers, body)?;
     let settings = ledger.settings();
     let request = parse_bulk_transfer(&input.body, settings.iban_check, settings.limits.transfers_per_bulk_max)
         .map_err(Problem::validation)?;

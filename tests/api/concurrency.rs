@@ -35,7 +35,11 @@ async fn two_ledgers_on_one_database_never_overdraw() {
     let ledger = std::sync::Arc::new(ledger::app::Ledger::new(pool, seed_settings()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let second = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, ledger::http::router(ledger)).await.unwrap() });
+    tokio::spawn(async move {
+        ledger::server::run(ledger, listener, None, std::future::pending())
+            .await
+            .unwrap()
+    });
 
     let body = bulk(vec![transfer("7.00")]);
     let requests = (0..40).map(|i| {

@@ -621,8 +621,7 @@ impl tonic::codec::Decoder for RawCodec {
 /// dynamic message — knowing nothing of the .proto beforehand.
 #[tokio::test]
 async fn a_reflection_client_lists_and_calls_the_service() {
-    use prost::Message;
-    use prost_reflect::{DescriptorPool, DynamicMessage, Value as Field};
+    use prost_reflect::DescriptorPool;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
@@ -671,7 +670,25 @@ async fn a_reflection_client_lists_and_calls_the_service() {
         assert!(methods.contains(&method.to_owned()), "{methods:?}");
     }
 
-    // Call GetAccount with a message built from the reflected descriptor.
+    let output = reflected_get_account(&pool, channel, &f.key).await;
+    assert_eq!(
+        output.get_field_by_name("balance_cents").unwrap().as_i64(),
+        Some(12_345)
+    );
+    assert_eq!(output.get_field_by_name("iban").unwrap().as_str(), Some(ACME_IBAN));
+}
+
+/// Calls GetAccount for ACME with a message built from a reflected
+/// descriptor, and decodes the answer the same way.
+async fn reflected_get_account(
+    pool: &prost_reflect::DescriptorPool,
+    channel: Channel,
+    key: &str,
+) -> prost_reflect::DynamicMessage {
+    use prost::Message;
+    use prost_reflect::{DynamicMessage, Value as Field};
+
+    let service = pool.get_service_by_name("ledger.v1.LedgerService").unwrap();
     let method = service.methods().find(|m| m.name() == "GetAccount").unwrap();
     let mut input = DynamicMessage::new(method.input());
     input.set_field_by_name("iban", Field::String(ACME_IBAN.into()));
@@ -679,14 +696,154 @@ async fn a_reflection_client_lists_and_calls_the_service() {
     grpc.ready().await.unwrap();
     let path = format!("/{}/{}", service.full_name(), method.name()).parse().unwrap();
     let response = grpc
-        .unary(with_key(input.encode_to_vec(), &f.key), path, RawCodec)
+        .unary(with_key(input.encode_to_vec(), key), path, RawCodec)
         .await
         .unwrap()
         .into_inner();
-    let output = DynamicMessage::decode(method.output(), response.as_slice()).unwrap();
+    DynamicMessage::decode(method.output(), response.as_slice()).unwrap()
+}
+
+/// The same through server reflection v1alpha, the only version Evans,
+/// grpc_cli, Postman and Python's grpcio-reflection speak: the services are
+/// listed, the descriptors served, and a call made with them works.
+#[tokio::test]
+async fn a_v1alpha_reflection_client_lists_and_calls_the_service() {
+    use prost_reflect::DescriptorPool;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1alpha::{ServerReflectionRequest, ServerReflectionResponse};
+
+    let f = funded(54_321).await;
+    let channel = Channel::from_shared(f.server.grpc.clone().unwrap())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let ask = |request: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let requests = vec![
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol("ledger.v1.LedgerService".into())),
+    ];
+    let mut answers = ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .expect("the server speaks reflection v1alpha")
+        .into_inner();
+    let mut next = async || -> ServerReflectionResponse { answers.message().await.unwrap().unwrap() };
+    let Some(MessageResponse::ListServicesResponse(list)) = next().await.message_response else {
+        panic!("a service list")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"ledger.v1.LedgerService".to_owned()), "{names:?}");
+    let Some(MessageResponse::FileDescriptorResponse(files)) = next().await.message_response else {
+        panic!("file descriptors")
+    };
+    let mut pool = DescriptorPool::new();
+    for file in files.file_descriptor_proto {
+        pool.decode_file_descriptor_proto(file.as_slice()).unwrap();
+    }
+    let output = reflected_get_account(&pool, channel, &f.key).await;
     assert_eq!(
         output.get_field_by_name("balance_cents").unwrap().as_i64(),
-        Some(12_345)
+        Some(54_321)
     );
-    assert_eq!(output.get_field_by_name("iban").unwrap().as_str(), Some(ACME_IBAN));
+}
+
+/// SPEC §2.4: requests whose parsed commands are equal are the same
+/// request, whichever API brought them and however their amounts were
+/// spelled. A deposit keyed over HTTP with `1.5` replays over gRPC with
+/// `"1.50"` and over HTTP with `"1.50"`; a bulk keyed over gRPC replays
+/// over HTTP with the amount as a JSON number. Each is applied once.
+#[tokio::test]
+async fn the_same_command_over_http_and_grpc_replays_however_it_is_spelled() {
+    let mut f = funded(10_000_000).await;
+    let deposits = format!("{}/v1/accounts/{ACME_IBAN}/deposits", f.server.base);
+    let body: Value = serde_json::from_str(r#"{"amount": 1.5, "reference": "once"}"#).unwrap();
+    let response = f
+        .server
+        .client
+        .post(&deposits)
+        .header("Idempotency-Key", "deposit-once")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (status, first) = into_parts(response).await;
+    assert_eq!(status, 201, "{first}");
+
+    let replayed = f
+        .client
+        .deposit(with_key(
+            pb::DepositRequest {
+                iban: ACME_IBAN.into(),
+                amount: "1.50".into(),
+                currency: None,
+                reference: Some("once".into()),
+                idempotency_key: Some("deposit-once".into()),
+            },
+            &f.key,
+        ))
+        .await
+        .expect("the same deposit replays over gRPC")
+        .into_inner();
+    assert!(replayed.replayed);
+    assert_eq!(replayed.transaction_id, first["transaction_id"].as_str().unwrap());
+
+    let response = f
+        .server
+        .client
+        .post(&deposits)
+        .header("Idempotency-Key", "deposit-once")
+        .json(&serde_json::json!({"reference": "once", "amount": "1.50"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["idempotent-replayed"], "true");
+    let (status, again) = into_parts(response).await;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(again, first);
+    assert_eq!(f.balance().await, 10_000_150, "deposited once");
+
+    let json = fixture("sample1.json");
+    let booked = f
+        .client
+        .transfer_bulk(with_key(bulk_message(&json, Some("bulk-once")), &f.key))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut respelled = json.clone();
+    for transfer in respelled["credit_transfers"].as_array_mut().unwrap() {
+        let amount = transfer["amount"].as_str().unwrap().to_owned();
+        transfer["amount"] = serde_json::from_str(&amount).unwrap();
+    }
+    let response = f
+        .server
+        .client
+        .post(format!("{}/v1/transfer/bulk", f.server.base))
+        .header("Idempotency-Key", "bulk-once")
+        .json(&respelled)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["idempotent-replayed"], "true");
+    let (status, again) = into_parts(response).await;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(again["bulk_id"], booked.bulk_id.as_str());
+    assert_eq!(f.balance().await, 10_000_150 - booked.total_cents, "booked once");
+
+    // Another command under the same key is still a conflict.
+    let response = f
+        .server
+        .client
+        .post(&deposits)
+        .header("Idempotency-Key", "deposit-once")
+        .json(&serde_json::json!({"amount": "1.51", "reference": "once"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 409);
 }

@@ -14,6 +14,7 @@ mod hygiene;
 mod idempotency;
 mod limits;
 mod money;
+mod outcomes;
 mod queries;
 mod rebuild_property;
 mod resilience;

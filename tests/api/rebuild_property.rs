@@ -39,11 +39,11 @@ async fn apply(ledger: &Ledger, op: &Op) {
     let context = CommandContext {
         principal: Principal::operator(),
         request_id: String::new(),
-        idempotency: None,
+        idempotency_key: None,
     };
     // Refusals (unknown account, already open, insufficient funds) are part
     // of the property: they must leave the projections as the log says.
-    let _ = match op {
+    match op {
         Op::Open(a) => {
             let request = OpenAccountRequest {
                 organization_name: format!("Org {a}"),
@@ -51,7 +51,7 @@ async fn apply(ledger: &Ledger, op: &Op) {
                 bic: Bic::parse("COBADEFFXXX").unwrap(),
                 currency: Currency::EUR,
             };
-            ledger.open_account(&context, request).await
+            let _ = ledger.open_account(&context, request).await;
         }
         Op::Deposit(a, cents) => {
             let request = DepositRequest {
@@ -59,7 +59,7 @@ async fn apply(ledger: &Ledger, op: &Op) {
                 currency: None,
                 reference: Some(format!("deposit {cents}")),
             };
-            ledger.deposit(&context, &iban(*a), request).await
+            let _ = ledger.deposit(&context, &iban(*a), request).await;
         }
         Op::Bulk(a, amounts) => {
             let request = BulkTransferRequest {
@@ -78,9 +78,9 @@ async fn apply(ledger: &Ledger, op: &Op) {
                     })
                     .collect(),
             };
-            ledger.transfer_bulk(&context, request).await
+            let _ = ledger.transfer_bulk(&context, request).await;
         }
-    };
+    }
 }
 
 proptest! {

@@ -154,6 +154,8 @@ pub struct TestApp {
     pub admin_key: String,
     pub pool: PgPool,
     pub db: TestDb,
+    /// Dropped with the app: the server then shuts down.
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 pub fn seed_settings() -> Settings {
@@ -169,18 +171,41 @@ impl TestApp {
         TestApp::spawn_with(seed_settings()).await
     }
 
+    /// The real server ([`ledger::server::run`], with every background
+    /// task) on a runtime and thread of its own, as a separate process
+    /// would be: a test that blocks its own thread (waiting for a
+    /// subprocess) never stalls the server. Stopped when the app is dropped.
     pub async fn spawn_with(settings: Settings) -> TestApp {
         let db = TestDb::new().await;
         let pool = db.pool().await;
-        let ledger = Arc::new(Ledger::new(pool.clone(), settings));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let served = Arc::clone(&ledger);
-        tokio::spawn(async move {
-            axum::serve(listener, ledger::http::router(served)).await.unwrap();
+        let (started, on_start) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let options = db.options.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("server runtime");
+            runtime.block_on(async move {
+                let server_pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(16)
+                    .connect_with(options)
+                    .await
+                    .expect("connect the server to the test database");
+                let ledger = Arc::new(Ledger::new(server_pool, settings));
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let address = listener.local_addr().unwrap();
+                let _ = started.send((Arc::clone(&ledger), address));
+                let shutdown = async move {
+                    let _ = stopped.await;
+                };
+                ledger::server::run(ledger, listener, None, shutdown)
+                    .await
+                    .expect("the test server fails");
+            });
         });
-        let watcher = Arc::clone(&ledger);
-        tokio::spawn(async move { watcher.watch_key_changes().await });
+        let (ledger, address) = on_start.await.expect("the test server starts");
         let admin_key = create_key(&pool, Scope::Admin).await;
         TestApp {
             base: format!("http://{address}"),
@@ -189,6 +214,7 @@ impl TestApp {
             admin_key,
             pool,
             db,
+            _stop: stop,
         }
     }
 

@@ -1,0 +1,325 @@
+//! The queries, and the only SQL that reads the read models `balances` and
+//! `transactions`: one row type per table ([`BalanceRow`], [`HistoryRow`]),
+//! used by the queries, by the command handlers (the balances row is the
+//! aggregate's snapshot) and by the audit.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::auth::{Action, Principal};
+use super::params::{HistoryCursor, PageSize, PointInTime};
+use super::problems::{AppError, account_not_found};
+use super::views::{
+    AccountView, FeedEventView, FeedPage, PointInTimeView, TransactionPage, TransactionView, amount_text,
+};
+use super::{Ledger, account_id_for};
+use crate::domain::{Account, Bic, Currency, Iban, IbanCheck, format_amount};
+use crate::event_store::{self, FeedCursor, StreamHead};
+use crate::problem::Problem;
+
+/// A `balances` row as stored: raw values, so that the audit can report a
+/// corrupt row as a difference; [`BalanceRow::into_state`] parses it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BalanceRow {
+    pub account_id: Uuid,
+    pub organization_name: String,
+    pub iban: String,
+    pub bic: String,
+    pub currency: String,
+    pub balance_cents: i64,
+    pub version: i64,
+    pub last_position: i64,
+}
+
+/// A `transactions` row: one item of an account's history (also what the
+/// audit's fold computes from the log, to compare).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct HistoryRow {
+    pub position: i64,
+    pub seq: i32,
+    pub transaction_id: Uuid,
+    pub kind: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub counterparty_name: Option<String>,
+    pub counterparty_iban: Option<String>,
+    pub counterparty_bic: Option<String>,
+    pub description: Option<String>,
+    pub bulk_id: Option<Uuid>,
+    pub balance_after_cents: i64,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// The columns of [`BalanceRow`], for `concat!`: statements stay
+/// compile-time constants.
+macro_rules! balance_columns {
+    () => {
+        "b.account_id, b.organization_name, b.iban, b.bic, b.currency, b.balance_cents, b.version, b.last_position"
+    };
+}
+
+/// The columns of [`HistoryRow`].
+macro_rules! history_columns {
+    () => {
+        "position, seq, transaction_id, kind, amount_cents, currency, counterparty_name, counterparty_iban, \
+         counterparty_bic, description, bulk_id, balance_after_cents, recorded_at"
+    };
+}
+
+impl BalanceRow {
+    /// The account as the domain knows it, and its stream head.
+    pub fn into_state(self, head_hash: Option<&[u8]>) -> Result<(Account, StreamHead), AppError> {
+        let corrupt = |what: &str| {
+            AppError::Internal(anyhow::anyhow!(
+                "balances row of {} has an invalid {what}",
+                self.account_id
+            ))
+        };
+        let account = Account {
+            account_id: self.account_id,
+            organization_name: self.organization_name.clone(),
+            iban: Iban::parse(&self.iban, IbanCheck::Structure).map_err(|_| corrupt("IBAN"))?,
+            bic: Bic::parse(&self.bic).map_err(|_| corrupt("BIC"))?,
+            currency: Currency::parse(&self.currency).map_err(|_| corrupt("currency"))?,
+            balance_cents: self.balance_cents,
+            version: self.version,
+        };
+        let hash = match head_hash {
+            Some(bytes) => bytes.try_into().map_err(|_| corrupt("head hash"))?,
+            None => [0; 32],
+        };
+        Ok((
+            account,
+            StreamHead {
+                version: self.version,
+                hash,
+            },
+        ))
+    }
+}
+
+/// The balances row of an account, if it has one.
+pub async fn balance_row(pool: &PgPool, account_id: Uuid) -> Result<Option<BalanceRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        balance_columns!(),
+        " FROM balances b WHERE b.account_id = $1"
+    ))
+    .bind(account_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Whether an account is open (has a balances row).
+pub async fn account_exists(pool: &PgPool, account_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM balances WHERE account_id = $1)")
+        .bind(account_id)
+        .fetch_one(pool)
+        .await
+}
+
+/// The account's current state and stream head, from the balances
+/// projection (kept in the append's statement, so it is the snapshot),
+/// with the head event's hash joined in: one round trip.
+pub async fn load_account(pool: &PgPool, iban: &Iban) -> Result<Option<(Account, StreamHead)>, AppError> {
+    #[derive(sqlx::FromRow)]
+    struct Snapshot {
+        #[sqlx(flatten)]
+        row: BalanceRow,
+        hash: Vec<u8>,
+    }
+    let snapshot: Option<Snapshot> = sqlx::query_as(concat!(
+        "SELECT ",
+        balance_columns!(),
+        ", e.hash FROM balances b JOIN events e ON e.stream_id = b.account_id AND e.version = b.version \
+         WHERE b.account_id = $1"
+    ))
+    .bind(account_id_for(iban))
+    .fetch_optional(pool)
+    .await?;
+    snapshot.map(|s| s.row.into_state(Some(&s.hash))).transpose()
+}
+
+/// An account's whole history, oldest first (for the audit).
+pub async fn history_of(pool: &PgPool, account_id: Uuid) -> Result<Vec<HistoryRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        history_columns!(),
+        " FROM transactions WHERE account_id = $1 ORDER BY position, seq"
+    ))
+    .bind(account_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// Every account id the read models know (with the log's streams, the
+/// audit's list: an orphan row is a difference too).
+pub async fn projected_accounts(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT account_id FROM balances UNION SELECT DISTINCT account_id FROM transactions")
+        .fetch_all(pool)
+        .await
+}
+
+impl Ledger {
+    pub async fn account(&self, principal: &Principal, iban: &Iban) -> Result<AccountView, AppError> {
+        principal.authorize(Action::ReadAccount(iban))?;
+        let row = balance_row(self.pool(), account_id_for(iban))
+            .await?
+            .ok_or_else(|| account_not_found(iban))?;
+        let position = row.last_position;
+        let (account, _) = row.into_state(None)?;
+        Ok(AccountView::of(&account, Some(position)))
+    }
+
+    /// A page of the account's history, newest first, older than `cursor`.
+    pub async fn transactions(
+        &self,
+        principal: &Principal,
+        iban: &Iban,
+        limit: PageSize,
+        cursor: Option<HistoryCursor>,
+    ) -> Result<TransactionPage, AppError> {
+        principal.authorize(Action::ReadAccount(iban))?;
+        let account_id = account_id_for(iban);
+        if !account_exists(self.pool(), account_id).await? {
+            return Err(account_not_found(iban).into());
+        }
+        let before = cursor.unwrap_or(HistoryCursor {
+            position: i64::MAX,
+            seq: i32::MAX,
+        });
+        let limit = limit.get() as usize;
+        // One more row than asked tells whether another page exists.
+        let rows: Vec<HistoryRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            history_columns!(),
+            " FROM transactions WHERE account_id = $1 AND (position, seq) < ($2, $3) \
+             ORDER BY position DESC, seq DESC LIMIT $4"
+        ))
+        .bind(account_id)
+        .bind(before.position)
+        .bind(before.seq)
+        .bind(limit as i64 + 1)
+        .fetch_all(self.pool())
+        .await?;
+        let more = rows.len() > limit;
+        let rows = &rows[..rows.len().min(limit)];
+        let next_cursor = more
+            .then(|| {
+                rows.last().map(|r| {
+                    HistoryCursor {
+                        position: r.position,
+                        seq: r.seq,
+                    }
+                    .token()
+                })
+            })
+            .flatten();
+        Ok(TransactionPage {
+            items: rows.iter().map(transaction_view).collect(),
+            next_cursor,
+        })
+    }
+
+    /// The balance at a past point — a time or a global position —
+    /// replayed from the account's events with the domain fold, not read
+    /// from a projection.
+    pub async fn balance_at(
+        &self,
+        principal: &Principal,
+        iban: &Iban,
+        at: PointInTime,
+    ) -> Result<PointInTimeView, AppError> {
+        principal.authorize(Action::ReadAccount(iban))?;
+        let (as_of, until_position) = match at {
+            PointInTime::AsOf(time) => (Some(time), None),
+            PointInTime::Position(position) => (None, Some(position)),
+        };
+        let account_id = account_id_for(iban);
+        let events = event_store::read_stream(self.pool(), account_id, until_position, as_of).await?;
+        let replayed = crate::audit::replay_stream(account_id, &events);
+        if let Some(difference) = replayed.differences.first() {
+            return Err(AppError::Internal(anyhow::anyhow!(
+                "stream {account_id} does not replay: {}",
+                difference.what
+            )));
+        }
+        let (Some(account), Some(last)) = (replayed.account, events.last()) else {
+            return Err(Problem::not_found(format!("no account with IBAN {iban} at that point")).into());
+        };
+        Ok(PointInTimeView {
+            account_id,
+            iban: account.iban.to_string(),
+            currency: account.currency.code().to_owned(),
+            balance: format_amount(account.balance_cents, account.currency),
+            balance_cents: account.balance_cents,
+            version: account.version,
+            position: last.position,
+            recorded_at: last.recorded_at,
+            as_of,
+            until_position,
+            events: events.len(),
+        })
+    }
+
+    /// Replays the account's stream, verifies its hash chain and compares
+    /// the result with the projections.
+    pub async fn audit(&self, principal: &Principal, iban: &Iban) -> Result<crate::audit::StreamAudit, AppError> {
+        principal.authorize(Action::Audit)?;
+        let audit = crate::audit::audit_stream(self.pool(), account_id_for(iban)).await?;
+        if audit.events == 0 && audit.projected_balance_cents.is_none() {
+            return Err(account_not_found(iban).into());
+        }
+        Ok(audit)
+    }
+
+    /// A page of the global log in commit-safe order, after `after`.
+    pub async fn events(
+        &self,
+        principal: &Principal,
+        after: FeedCursor,
+        limit: PageSize,
+    ) -> Result<FeedPage, AppError> {
+        principal.authorize(Action::ReadFeed)?;
+        let events = event_store::read_feed(self.pool(), after, i64::from(limit.get())).await?;
+        let next_after = events.last().map_or(after, |e| e.cursor()).token();
+        Ok(FeedPage {
+            events: events
+                .into_iter()
+                .map(|e| FeedEventView {
+                    after: e.cursor().token(),
+                    position: e.event.position,
+                    stream_id: e.event.stream_id,
+                    version: e.event.version,
+                    event_type: e.event.event_type,
+                    schema_version: e.event.schema_version,
+                    data: e.event.data,
+                    metadata: e.event.metadata,
+                    recorded_at: e.event.recorded_at,
+                })
+                .collect(),
+            next_after,
+        })
+    }
+}
+
+/// A history row as the history shows it.
+fn transaction_view(row: &HistoryRow) -> TransactionView {
+    TransactionView {
+        transaction_id: row.transaction_id,
+        kind: row.kind.clone(),
+        amount: amount_text(row.amount_cents, &row.currency),
+        amount_cents: row.amount_cents,
+        currency: row.currency.clone(),
+        counterparty_name: row.counterparty_name.clone(),
+        counterparty_iban: row.counterparty_iban.clone(),
+        counterparty_bic: row.counterparty_bic.clone(),
+        description: row.description.clone(),
+        bulk_id: row.bulk_id,
+        balance_after: amount_text(row.balance_after_cents, &row.currency),
+        balance_after_cents: row.balance_after_cents,
+        recorded_at: row.recorded_at,
+        position: row.position,
+    }
+}

@@ -1,0 +1,157 @@
+//! `ledger serve`: its flags, the first admin key of the embedded
+//! default, and binding the listeners for [`crate::server::run`].
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use clap::builder::TypedValueParser;
+use sqlx::PgPool;
+
+use crate::app::auth::{self, AuthMode};
+use crate::app::{GroupCommitSettings, Ledger, Limits, Settings};
+
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "LEDGER_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Address of the gRPC API (`proto/`), or `off`.
+    #[arg(long, env = "LEDGER_GRPC_LISTEN", default_value = "127.0.0.1:8000", value_parser = parse_grpc_listen)]
+    grpc_listen: GrpcListen,
+    /// `enabled`: every API call needs `Authorization: Bearer <key>`;
+    /// `disabled`: anyone may do anything (local experiments only).
+    #[arg(long, env = "LEDGER_AUTH", value_enum, default_value_t = AuthMode::Enabled)]
+    auth: AuthMode,
+    /// Largest request body, in bytes (413 above).
+    #[arg(long, env = "LEDGER_BODY_BYTES_MAX", default_value_t = Limits::default().body_bytes_max)]
+    body_bytes_max: usize,
+    /// Most transfers in one bulk (400 above).
+    #[arg(long, env = "LEDGER_TRANSFERS_PER_BULK_MAX", default_value_t = Limits::default().transfers_per_bulk_max)]
+    transfers_per_bulk_max: usize,
+    /// Largest page of account history (`limit`).
+    #[arg(long, env = "LEDGER_PAGE_SIZE_MAX", default_value_t = Limits::default().page_size_max)]
+    page_size_max: u32,
+    /// Milliseconds a request may take before it is answered 503.
+    #[arg(long, env = "LEDGER_REQUEST_TIMEOUT_MS", default_value_t = Limits::default().request_timeout.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    request_timeout_ms: u64,
+    /// Most commands on one account decided and appended together (group commit).
+    #[arg(long, env = "LEDGER_BATCH_COMMANDS_MAX", default_value_t = GroupCommitSettings::default().batch_commands_max,
+          value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
+    batch_commands_max: usize,
+    /// Most transfers in one group-commit batch (bounds its memory; a larger bulk is a batch of its own).
+    #[arg(long, env = "LEDGER_BATCH_TRANSFERS_MAX", default_value_t = GroupCommitSettings::default().batch_transfers_max,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|n| n as usize))]
+    batch_transfers_max: usize,
+    /// Hours an idempotency key is remembered (at least 24).
+    #[arg(long, env = "LEDGER_IDEMPOTENCY_TTL_HOURS", default_value_t = 168,
+          value_parser = clap::value_parser!(u64).range(crate::app::idempotency::TTL_HOURS_MIN..=87_600))]
+    idempotency_ttl_hours: u64,
+    /// Microseconds a batch leader on a contended account waits for more commands (0: never wait).
+    #[arg(long, env = "LEDGER_BATCH_WAIT_US", default_value_t = GroupCommitSettings::default().batch_wait.as_micros() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    batch_wait_us: u64,
+}
+
+/// Where the gRPC API listens, if anywhere.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum GrpcListen {
+    Off,
+    At(SocketAddr),
+}
+
+fn parse_grpc_listen(text: &str) -> Result<GrpcListen, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(GrpcListen::Off);
+    }
+    text.parse()
+        .map(GrpcListen::At)
+        .map_err(|_| format!("{text:?} is neither an address (host:port) nor `off`"))
+}
+
+/// `ledger serve`: the settings from the flags, the first admin key of
+/// the embedded default, then the server until SIGTERM or SIGINT.
+pub(super) async fn run(pool: PgPool, base: Settings, args: ServeArgs, embedded: bool) -> anyhow::Result<ExitCode> {
+    let limits = Limits {
+        body_bytes_max: args.body_bytes_max,
+        transfers_per_bulk_max: args.transfers_per_bulk_max,
+        page_size_max: args.page_size_max,
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
+        ..Limits::default()
+    };
+    anyhow::ensure!(limits.page_size_max >= 1, "--page-size-max must be at least 1");
+    let settings = Settings {
+        auth: args.auth,
+        limits,
+        group_commit: GroupCommitSettings {
+            batch_commands_max: args.batch_commands_max,
+            batch_transfers_max: args.batch_transfers_max,
+            batch_wait: Duration::from_micros(args.batch_wait_us),
+        },
+        idempotency_ttl: Duration::from_secs(args.idempotency_ttl_hours * 3600),
+        ..base
+    };
+    let ledger = Arc::new(Ledger::new(pool, settings));
+    announce_auth(&ledger, args.auth, embedded).await?;
+    serve(ledger, args.listen, args.grpc_listen).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Says how callers authenticate. The embedded default's first start
+/// creates an admin key and prints it, once, so the README's two commands
+/// are enough to call the API.
+async fn announce_auth(ledger: &Ledger, mode: AuthMode, embedded: bool) -> anyhow::Result<()> {
+    if mode == AuthMode::Disabled {
+        tracing::warn!(
+            "authentication is disabled (LEDGER_AUTH=disabled): anyone who reaches this port may do anything"
+        );
+        return Ok(());
+    }
+    if embedded && let Some((info, secret)) = auth::create_first_admin_key(ledger.pool()).await? {
+        println!(
+            "created the first admin API key {} (shown once; `ledger keys create --admin` makes another):",
+            info.id
+        );
+        println!("export LEDGER_API_KEY={}", secret.expose());
+    } else {
+        // Advice only: a failed check (a tight statement timeout...) does
+        // not keep the server from starting.
+        match auth::has_active_admin_key(ledger.pool()).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!("no active admin API key: create one with `ledger keys create --admin`"),
+            Err(error) => tracing::warn!(%error, "cannot check for an active admin API key"),
+        }
+    }
+    Ok(())
+}
+
+/// Binds the listeners, says where on stdout, and runs the server until
+/// SIGTERM or SIGINT.
+async fn serve(ledger: Arc<Ledger>, listen: SocketAddr, grpc_listen: GrpcListen) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let address = listener.local_addr()?;
+    let grpc_listener = match grpc_listen {
+        GrpcListen::Off => None,
+        GrpcListen::At(at) => Some(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen for gRPC on {at} (LEDGER_GRPC_LISTEN=off turns gRPC off)"))?,
+        ),
+    };
+    tracing::info!(%address, "serving");
+    // Machine-readable lines on stdout, for scripts and tests that start the
+    // server on port 0; the HTTP line comes last, when both are bound.
+    if let Some(grpc) = &grpc_listener {
+        let grpc_address = grpc.local_addr()?;
+        tracing::info!(%grpc_address, "serving gRPC");
+        println!("ledger gRPC listening on http://{grpc_address}");
+    }
+    println!("ledger listening on http://{address}");
+    crate::server::run(ledger, listener, grpc_listener, crate::server::shutdown_signal()).await
+}
