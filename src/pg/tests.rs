@@ -1,10 +1,17 @@
+use std::fs::{self, DirBuilder};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use sqlx::Connection;
-use sqlx::postgres::PgConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
 
-use super::*;
+use super::Cluster;
+use super::binaries::find_bin_dir;
+use super::process::{Process, inspect_process};
+use super::server_user::ServerUser;
 
 /// A fresh parent directory for a persistent cluster at `<dir>/.ledger`, made
 /// like `mktemp -d` (mode 0700, ours) so that `ensure` has to open it up to the
