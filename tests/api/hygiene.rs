@@ -9,7 +9,7 @@ use std::path::Path;
 /// (file under src/, statements built with format!, what they interpolate)
 const REVIEWED: &[(&str, usize, &str)] = &[
     ("event_store/mod.rs", 1, "a compile-time constant column list"),
-    ("pg/mod.rs", 1, "the configured database name, through quote_ident"),
+    ("pg/cluster.rs", 1, "the configured database name, through quote_ident"),
     (
         "projections/rebuild.rs",
         5,
