@@ -1,5 +1,6 @@
-//! `/v1/accounts`: open, deposit (commands); the account and its history
-//! (queries).
+//! `/v1/accounts`: open, deposit (commands); the account, its history, a
+//! past balance and its audit (queries). [`routes`] is the one registration
+//! of these endpoints: the router and the OpenAPI paths both come from it.
 
 use axum::Extension;
 use axum::extract::rejection::BytesRejection;
@@ -7,6 +8,9 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{ApiError, AppState, QueryMap, command_input, command_response, ok_json, query_map};
 use crate::app::auth::{Action, Principal};
@@ -16,6 +20,17 @@ use crate::app::views::{AccountView, DepositView, PointInTimeView, TransactionPa
 use crate::audit::StreamAudit;
 use crate::http::openapi::{DepositBody, OpenAccountBody};
 use crate::problem::Problem;
+
+/// This feature's endpoints.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(open))
+        .routes(routes!(get))
+        .routes(routes!(deposit))
+        .routes(routes!(transactions))
+        .routes(routes!(balance_at))
+        .routes(routes!(audit))
+}
 
 /// Open an account.
 #[utoipa::path(

@@ -1,5 +1,5 @@
 //! `GET /v1/events`: the global log in commit-safe order, for downstream
-//! consumers.
+//! consumers. [`routes`] registers it (router and OpenAPI path alike).
 
 use axum::Extension;
 use axum::extract::State;
@@ -11,7 +11,15 @@ use axum::response::Response;
 use crate::app::views::FeedPage;
 use crate::problem::Problem;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use super::{ApiError, AppState, QueryMap, ok_json, query_map};
+
+/// This feature's endpoints.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(feed))
+}
 
 /// The global log in commit-safe order: page with `after` = the previous `next_after`.
 #[utoipa::path(

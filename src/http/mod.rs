@@ -1,4 +1,7 @@
-//! The HTTP API (axum). Thin: parse, call [`crate::app`], map the result.
+//! The HTTP API (axum). Thin: parse, call [`crate::app`], render the
+//! typed result. Each feature file (`accounts.rs`, `transfers.rs`,
+//! `events.rs`, `operations.rs`) registers its own endpoints once; the
+//! router and the OpenAPI document are both built from that registration.
 //! Commands (POST) and queries (GET) are separate routes over separate
 //! models; every error is an RFC 9457 problem, including axum's own
 //! rejections, and every response carries an `x-request-id`.
@@ -7,6 +10,7 @@ mod accounts;
 mod errors;
 mod events;
 pub mod openapi;
+mod operations;
 mod transfers;
 
 use std::sync::Arc;
@@ -15,12 +19,12 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use bytes::Bytes;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::auth::Principal;
 use crate::app::idempotency::IdempotencyKey;
@@ -34,6 +38,22 @@ pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-
 
 pub type AppState = Arc<Ledger>;
 
+/// The `/v1` endpoints, each registered once by its feature file.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(accounts::routes())
+        .merge(events::routes())
+        .merge(transfers::routes())
+}
+
+/// Every endpoint with its OpenAPI description: the `/v1` API and the
+/// operations endpoints, from the same registration the router serves.
+pub(crate) fn registered() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(api_routes())
+        .merge(operations::routes())
+}
+
 /// Builds the application; serving it is separate, so tests can call it
 /// without a socket.
 pub fn router(ledger: Arc<Ledger>) -> Router {
@@ -41,23 +61,15 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
     crate::observability::prometheus();
     let body_limit = ledger.settings().limits.body_bytes_max;
     let request_timeout = ledger.settings().limits.request_timeout;
-    let api = Router::new()
-        .route("/v1/accounts", post(accounts::open))
-        .route("/v1/accounts/{iban}", get(accounts::get))
-        .route("/v1/accounts/{iban}/deposits", post(accounts::deposit))
-        .route("/v1/accounts/{iban}/transactions", get(accounts::transactions))
-        .route("/v1/accounts/{iban}/balance", get(accounts::balance_at))
-        .route("/v1/accounts/{iban}/audit", get(accounts::audit))
-        .route("/v1/events", get(events::feed))
-        .route("/v1/transfer/bulk", post(transfers::bulk))
+    let (api, _) = api_routes()
         // Runs for matched routes only: an unknown path is a 404 to anyone.
-        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&ledger), authenticate));
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&ledger), authenticate))
+        .split_for_parts();
+    let (operations, _) = operations::routes().split_for_parts();
     Router::new()
         .merge(api)
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/readyz", get(readyz))
-        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
+        .merge(operations)
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi::document()))
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -153,70 +165,6 @@ async fn track_requests(request: axum::extract::Request, next: axum::middleware:
     let response = next.run(request).await;
     crate::observability::record_http(&method, &route, response.status().as_u16(), started.elapsed());
     response
-}
-
-/// Prometheus text format. Pool and projection gauges are sampled here, at
-/// scrape time.
-#[utoipa::path(
-    get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String))
-)]
-async fn metrics(State(ledger): State<AppState>) -> Response {
-    use crate::observability::{DB_POOL_CONNECTIONS, PROJECTION_LAG, PROJECTION_POSITION, prometheus};
-    let handle = prometheus();
-    let pool = ledger.pool();
-    let (size, idle) = (pool.size() as usize, pool.num_idle());
-    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(idle as f64);
-    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set(size.saturating_sub(idle) as f64);
-    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "max").set(f64::from(pool.options().get_max_connections()));
-    match crate::projections::status(pool).await {
-        Ok(statuses) => {
-            for status in statuses {
-                metrics::gauge!(PROJECTION_POSITION, "projection" => status.name.clone()).set(status.position as f64);
-                metrics::gauge!(PROJECTION_LAG, "projection" => status.name).set(status.lag_events as f64);
-            }
-        }
-        Err(error) => tracing::warn!(
-            error = format!("{error:#}"),
-            "projection status unavailable for /metrics"
-        ),
-    }
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        handle.render(),
-    )
-        .into_response()
-}
-
-/// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Up")))]
-async fn healthz() -> Response {
-    json_response(StatusCode::OK, r#"{"status":"ok"}"#.to_owned())
-}
-
-/// The database answers and every migration is applied.
-#[utoipa::path(
-    get, path = "/readyz", tag = "operations",
-    responses(
-        (status = 200, description = "Ready"),
-        (status = 503, description = "Database unreachable or not migrated", content_type = "application/problem+json", body = Problem),
-    )
-)]
-async fn readyz(State(ledger): State<AppState>) -> Response {
-    match crate::db::ready(ledger.pool()).await {
-        Ok(()) => json_response(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
-        Err(error) => {
-            tracing::warn!(error = format!("{error:#}"), "not ready");
-            errors::problem_response(&Problem::new(
-                ProblemType::NotReady,
-                "the database is unreachable or not migrated",
-            ))
-        }
-    }
 }
 
 /// A query string as a map; a malformed one is a 400 naming `query`.

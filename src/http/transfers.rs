@@ -1,4 +1,5 @@
 //! `POST /v1/transfer/bulk`: the seed's endpoint, body and status codes.
+//! [`routes`] registers it (router and OpenAPI path alike).
 
 use axum::Extension;
 use axum::extract::State;
@@ -7,12 +8,20 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use super::{ApiError, AppState, command_input, command_response};
 use crate::app::auth::Principal;
 use crate::app::requests::parse_bulk_transfer;
 use crate::app::views::BulkTransferView;
 use crate::http::openapi::BulkTransferBody;
 use crate::problem::Problem;
+
+/// This feature's endpoints.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(bulk))
+}
 
 /// Book a bulk of SEPA credit transfers from one account: all or nothing.
 #[utoipa::path(

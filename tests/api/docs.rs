@@ -146,7 +146,7 @@ async fn the_docs_render_every_operation_in_headless_chromium() {
         String::from_utf8_lossy(&dom.stderr)
     );
     let dom = String::from_utf8_lossy(&dom.stdout);
-    for (_, path) in ledger::http::openapi::ROUTES {
+    for (_, path) in ledger::http::openapi::routes() {
         assert!(
             dom.contains(&format!("data-path=\"{path}\"")),
             "{path} not rendered by Swagger UI"

@@ -1,0 +1,83 @@
+//! The operations endpoints — `/healthz`, `/readyz`, `/metrics` — open to
+//! anyone (no API key). [`routes`] registers them.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{AppState, json_response};
+use crate::problem::{Problem, ProblemType};
+
+/// This feature's endpoints.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+}
+
+/// Prometheus text format. Pool and projection gauges are sampled here, at
+/// scrape time.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String))
+)]
+pub(super) async fn metrics(State(ledger): State<AppState>) -> Response {
+    use crate::observability::{DB_POOL_CONNECTIONS, PROJECTION_LAG, PROJECTION_POSITION, prometheus};
+    let handle = prometheus();
+    let pool = ledger.pool();
+    let (size, idle) = (pool.size() as usize, pool.num_idle());
+    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(idle as f64);
+    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set(size.saturating_sub(idle) as f64);
+    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "max").set(f64::from(pool.options().get_max_connections()));
+    match crate::projections::status(pool).await {
+        Ok(statuses) => {
+            for status in statuses {
+                metrics::gauge!(PROJECTION_POSITION, "projection" => status.name.clone()).set(status.position as f64);
+                metrics::gauge!(PROJECTION_LAG, "projection" => status.name).set(status.lag_events as f64);
+            }
+        }
+        Err(error) => tracing::warn!(
+            error = format!("{error:#}"),
+            "projection status unavailable for /metrics"
+        ),
+    }
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        handle.render(),
+    )
+        .into_response()
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Up")))]
+pub(super) async fn healthz() -> Response {
+    json_response(StatusCode::OK, r#"{"status":"ok"}"#.to_owned())
+}
+
+/// The database answers and every migration is applied.
+#[utoipa::path(
+    get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready"),
+        (status = 503, description = "Database unreachable or not migrated", content_type = "application/problem+json", body = Problem),
+    )
+)]
+pub(super) async fn readyz(State(ledger): State<AppState>) -> Response {
+    match crate::db::ready(ledger.pool()).await {
+        Ok(()) => json_response(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
+        Err(error) => {
+            tracing::warn!(error = format!("{error:#}"), "not ready");
+            super::errors::problem_response(&Problem::new(
+                ProblemType::NotReady,
+                "the database is unreachable or not migrated",
+            ))
+        }
+    }
+}
