@@ -3,13 +3,11 @@
 //! the projections. The SQL projections and this Rust fold are written
 //! independently, so agreement means something.
 
-use std::collections::HashSet;
-
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::app::queries;
 use crate::domain::{self, Account, Event};
 use crate::event_store::{self, StoredEvent, hash::GENESIS};
 
@@ -36,23 +34,7 @@ pub struct StreamAudit {
     pub differences: Vec<Difference>,
 }
 
-/// A history row as the `transactions` projection should hold it.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct HistoryRow {
-    pub position: i64,
-    pub seq: i32,
-    pub transaction_id: Uuid,
-    pub kind: String,
-    pub amount_cents: i64,
-    pub currency: String,
-    pub counterparty_name: Option<String>,
-    pub counterparty_iban: Option<String>,
-    pub counterparty_bic: Option<String>,
-    pub description: Option<String>,
-    pub bulk_id: Option<Uuid>,
-    pub balance_after_cents: i64,
-    pub recorded_at: DateTime<Utc>,
-}
+pub use crate::app::queries::HistoryRow;
 
 /// The history rows an event produces, computed in Rust from the domain
 /// event (the independent twin of `projection_transactions_apply`).
@@ -186,35 +168,12 @@ pub fn replay_stream(account_id: Uuid, events: &[StoredEvent]) -> Replayed {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct BalanceRow {
-    organization_name: String,
-    iban: String,
-    bic: String,
-    currency: String,
-    balance_cents: i64,
-    version: i64,
-    last_position: i64,
-}
-
 /// Audits one stream against the projections.
 pub async fn audit_stream(pool: &PgPool, account_id: Uuid) -> Result<StreamAudit, sqlx::Error> {
     let events = event_store::read_stream(pool, account_id, None, None).await?;
     let replayed = replay_stream(account_id, &events);
-    let projected: Option<BalanceRow> = sqlx::query_as(
-        "SELECT organization_name, iban, bic, currency, balance_cents, version, last_position FROM balances WHERE account_id = $1",
-    )
-    .bind(account_id)
-    .fetch_optional(pool)
-    .await?;
-    let rows: Vec<HistoryRow> = sqlx::query_as(
-        "SELECT position, seq, transaction_id, kind, amount_cents, currency, counterparty_name, counterparty_iban, \
-                counterparty_bic, description, bulk_id, balance_after_cents, recorded_at \
-         FROM transactions WHERE account_id = $1 ORDER BY position, seq",
-    )
-    .bind(account_id)
-    .fetch_all(pool)
-    .await?;
+    let projected = queries::balance_row(pool, account_id).await?;
+    let rows = queries::history_of(pool, account_id).await?;
 
     let iban = replayed
         .account
@@ -338,14 +297,9 @@ fn compare_history(expected: &[HistoryRow], actual: &[HistoryRow], differ: &mut 
 /// Every stream id in the log, and every account id the projections know
 /// (an orphan row there is a difference too).
 pub async fn all_accounts(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
-    let ids: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT DISTINCT stream_id FROM events \
-         UNION SELECT account_id FROM balances \
-         UNION SELECT DISTINCT account_id FROM transactions \
-         ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await?;
-    let mut seen = HashSet::new();
-    Ok(ids.into_iter().filter(|id| seen.insert(*id)).collect())
+    let mut ids = event_store::stream_ids(pool).await?;
+    ids.extend(queries::projected_accounts(pool).await?);
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
 }

@@ -15,6 +15,10 @@
 //! Every submission runs in its own task, so a client that disconnects
 //! cancels neither its own command (once queued, it is decided exactly like
 //! the others) nor a batch it happens to lead.
+//!
+//! A little over 500 lines, on purpose: the batch's decide-and-append
+//! loop and its retry rules (conflict, key taken, failure) read best
+//! side by side, and splitting them would scatter one state machine.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};

@@ -1,4 +1,9 @@
-//! The event store: the only code that writes to or reads from `events`.
+//! The event store: the only code that writes `events`, and the one that
+//! reads it for the rest of the crate (streams, the commit-safe feed, the
+//! stream ids). Two readers of the log stay outside on purpose: the
+//! projection engine's SQL, which applies ranges of the log inside
+//! PostgreSQL, and the aggregate snapshot load (`app::queries`), which
+//! joins its stream head's hash to the balances row in one round trip.
 //!
 //! An append is one SQL statement: it inserts the events, applies the
 //! inline projections to exactly those rows, and records the idempotency
@@ -248,6 +253,13 @@ pub async fn read_stream(
     .bind(until_time)
     .fetch_all(pool)
     .await
+}
+
+/// Every stream id in the log.
+pub async fn stream_ids(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT DISTINCT stream_id FROM events")
+        .fetch_all(pool)
+        .await
 }
 
 /// The hash of a stream's event at `version` (its head, when `version` is
