@@ -292,7 +292,17 @@ pub fn parse_bulk_transfer(
                 let mut transfers = Vec::with_capacity(items.len());
                 let mut all_ok = true;
                 for (index, item) in items.iter().enumerate() {
-                    match parse_credit_transfer(&mut reader, item, &format!("credit_transfers[{index}]"), check) {
+                    let path = format!("credit_transfers[{index}]");
+                    match parse_credit_transfer(&mut reader, item, &path, check) {
+                        // Money paid to the ordering account itself would go
+                        // nowhere (SPEC §9): refused like any invalid field.
+                        Some(transfer) if organization_iban.as_ref() == Some(&transfer.counterparty_iban) => {
+                            reader.fail(
+                                join(&path, "counterparty_iban"),
+                                "must not be the ordering account's own IBAN (organization_iban)",
+                            );
+                            all_ok = false;
+                        }
                         Some(transfer) => transfers.push(transfer),
                         None => all_ok = false,
                     }
@@ -377,6 +387,18 @@ mod tests {
                 "credit_transfers[2].counterparty_bic",
                 "credit_transfers[2].counterparty_iban",
             ]
+        );
+    }
+
+    #[test]
+    fn a_transfer_to_the_ordering_account_itself_is_refused() {
+        let transfer = |iban: &str| json!({"amount": "1", "currency": "EUR", "counterparty_name": "A", "counterparty_bic": "CRLYFRPPTOU", "counterparty_iban": iban});
+        let body = json!({"organization_name": "A", "organization_bic": "OIVUSCLQXXX",
+            "organization_iban": "FR10474608000002006107XXXXX",
+            "credit_transfers": [transfer("EE383680981021245685"), transfer("fr10 4746 0800 0002 0061 07xx xxx")]});
+        assert_eq!(
+            fields(parse_bulk_transfer(&body, IbanCheck::Structure, 10).unwrap_err()),
+            vec!["credit_transfers[1].counterparty_iban"]
         );
     }
 

@@ -32,7 +32,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     ),
     responses(
         (status = 201, description = "Every transfer booked; the account debited by the total", body = BulkTransferView),
-        (status = 400, description = "Invalid field, by JSON path (`credit_transfers[2].amount`)", content_type = "application/problem+json", body = Problem),
+        (status = 400, description = "Invalid field, by JSON path (`credit_transfers[2].amount`); a transfer to the ordering account's own IBAN is one", content_type = "application/problem+json", body = Problem),
         (status = 404, description = "No account with that IBAN, or its organization name / BIC differ", content_type = "application/problem+json", body = Problem),
         (status = 409, description = "Idempotency key used with another body", content_type = "application/problem+json", body = Problem),
         (status = 413, description = "Body over the limit", content_type = "application/problem+json", body = Problem),

@@ -142,6 +142,16 @@ async fn every_invalid_bulk_is_refused_with_a_named_field_and_changes_nothing() 
             Some("credit_transfers[1].counterparty_iban"),
         ),
         (
+            "a transfer to the ordering account itself (SPEC §9)",
+            with(
+                valid.clone(),
+                &["credit_transfers", "2", "counterparty_iban"],
+                json!(ACME_IBAN),
+            ),
+            400,
+            Some("credit_transfers[2].counterparty_iban"),
+        ),
+        (
             "invalid counterparty_bic",
             with(
                 valid.clone(),
