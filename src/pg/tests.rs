@@ -1,3 +1,6 @@
+//! Unit tests of the project-local cluster: creation, restarts, stale
+//! lock files, permissions, against the machine's real PostgreSQL.
+
 use std::fs::{self, DirBuilder};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
