@@ -10,6 +10,8 @@
 --   FundsDeposited        balance := data.balance_after_cents
 --   BulkTransferBooked    balance := data.balance_after_cents
 --   BulkTransferRejected  balance unchanged
+--   TransferReceived      balance := data.balance_after_cents
+--   TransferReturned      balance := data.balance_after_cents
 --   every event           version, last_position, updated_at advance
 
 CREATE TABLE IF NOT EXISTS balances (
@@ -48,7 +50,8 @@ BEGIN
                max(e.position) AS last_position,
                max(e.recorded_at) AS updated_at,
                (array_agg((e.data->>'balance_after_cents')::bigint ORDER BY e.version DESC)
-                   FILTER (WHERE e.event_type IN ('FundsDeposited', 'BulkTransferBooked')))[1]
+                   FILTER (WHERE e.event_type IN ('FundsDeposited', 'BulkTransferBooked',
+                                                 'TransferReceived', 'TransferReturned')))[1]
                    AS balance_cents
         FROM unnest(batch) AS e
         GROUP BY e.stream_id

@@ -8,6 +8,10 @@
 --   BulkTransferBooked    one row per transfer, in request order, amount
 --                         -amount_cents, kind 'transfer', running balance
 --   BulkTransferRejected  nothing (no money moved; the event stays in the log)
+--   TransferReceived      one row, amount +amount_cents, kind 'transfer_received',
+--                         the payer as counterparty, transaction_id the transfer's
+--   TransferReturned      one row, amount +amount_cents, kind 'transfer_returned',
+--                         the payee as counterparty, its reason
 
 CREATE TABLE IF NOT EXISTS transactions (
     account_id          uuid        NOT NULL,
@@ -29,6 +33,11 @@ CREATE TABLE IF NOT EXISTS transactions (
     PRIMARY KEY (account_id, position, seq)
 );
 
+-- Why a movement happened when it is not the client's own doing (a
+-- returned transfer's reason). Added after the first release: tables made
+-- before it get the column here.
+ALTER TABLE transactions ADD COLUMN IF NOT EXISTS reason text;
+
 -- PL/pgSQL: planned once per session, not at every call.
 CREATE OR REPLACE FUNCTION projection_transactions_apply(batch events[]) RETURNS bigint
 LANGUAGE plpgsql AS $$
@@ -48,12 +57,27 @@ BEGIN
     ), inserted AS (
         INSERT INTO transactions (account_id, position, seq, transaction_id, kind, amount_cents,
                                   currency, counterparty_name, counterparty_iban, counterparty_bic,
-                                  description, bulk_id, balance_after_cents, recorded_at)
+                                  description, bulk_id, balance_after_cents, recorded_at, reason)
         SELECT e.stream_id, e.position, 1, (e.data->>'deposit_id')::uuid, 'deposit',
                (e.data->>'amount_cents')::bigint, e.data->>'currency', NULL, NULL, NULL,
-               e.data->>'reference', NULL, (e.data->>'balance_after_cents')::bigint, e.recorded_at
+               e.data->>'reference', NULL, (e.data->>'balance_after_cents')::bigint, e.recorded_at, NULL
         FROM unnest(batch) AS e
         WHERE e.event_type = 'FundsDeposited'
+        UNION ALL
+        SELECT e.stream_id, e.position, 1, (e.data->>'transfer_id')::uuid, 'transfer_received',
+               (e.data->>'amount_cents')::bigint, e.data->>'currency', e.data->>'payer_name',
+               e.data->>'payer_iban', e.data->>'payer_bic', e.data->>'description',
+               (e.data->>'bulk_id')::uuid, (e.data->>'balance_after_cents')::bigint, e.recorded_at, NULL
+        FROM unnest(batch) AS e
+        WHERE e.event_type = 'TransferReceived'
+        UNION ALL
+        SELECT e.stream_id, e.position, 1, (e.data->>'transfer_id')::uuid, 'transfer_returned',
+               (e.data->>'amount_cents')::bigint, e.data->>'currency', e.data->>'payee_name',
+               e.data->>'payee_iban', e.data->>'payee_bic', e.data->>'description',
+               (e.data->>'bulk_id')::uuid, (e.data->>'balance_after_cents')::bigint, e.recorded_at,
+               e.data->>'reason'
+        FROM unnest(batch) AS e
+        WHERE e.event_type = 'TransferReturned'
         UNION ALL
         -- The balance after the i-th transfer of a bulk is the balance before
         -- the bulk minus the transfers up to and including it; the running
@@ -62,7 +86,7 @@ BEGIN
                -(t.item->>'amount_cents')::bigint, t.item->>'currency',
                t.item->>'counterparty_name', t.item->>'counterparty_iban',
                t.item->>'counterparty_bic', t.item->>'description', b.bulk_id,
-               b.balance_before_cents - t.spent_cents, b.recorded_at
+               b.balance_before_cents - t.spent_cents, b.recorded_at, NULL
         FROM bulks AS b
         CROSS JOIN LATERAL (
             SELECT items.item, items.seq,

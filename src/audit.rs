@@ -60,6 +60,7 @@ pub fn history_rows(stored: &StoredEvent, event: &Event) -> Vec<HistoryRow> {
             bulk_id: None,
             balance_after_cents: *balance_after_cents,
             recorded_at: stored.recorded_at,
+            reason: None,
         }],
         Event::BulkTransferBooked {
             bulk_id,
@@ -88,10 +89,66 @@ pub fn history_rows(stored: &StoredEvent, event: &Event) -> Vec<HistoryRow> {
                         bulk_id: Some(*bulk_id),
                         balance_after_cents: balance,
                         recorded_at: stored.recorded_at,
+                        reason: None,
                     }
                 })
                 .collect()
         }
+        Event::TransferReceived {
+            transfer_id,
+            bulk_id,
+            payer_iban,
+            payer_bic,
+            payer_name,
+            amount_cents,
+            currency,
+            description,
+            balance_after_cents,
+            ..
+        } => vec![HistoryRow {
+            position: stored.position,
+            seq: 1,
+            transaction_id: *transfer_id,
+            kind: "transfer_received".into(),
+            amount_cents: *amount_cents,
+            currency: currency.code().into(),
+            counterparty_name: Some(payer_name.clone()),
+            counterparty_iban: Some(payer_iban.to_string()),
+            counterparty_bic: Some(payer_bic.to_string()),
+            description: Some(description.clone()),
+            bulk_id: Some(*bulk_id),
+            balance_after_cents: *balance_after_cents,
+            recorded_at: stored.recorded_at,
+            reason: None,
+        }],
+        Event::TransferReturned {
+            transfer_id,
+            bulk_id,
+            payee_iban,
+            payee_bic,
+            payee_name,
+            amount_cents,
+            currency,
+            description,
+            reason,
+            balance_after_cents,
+            ..
+        } => vec![HistoryRow {
+            position: stored.position,
+            seq: 1,
+            transaction_id: *transfer_id,
+            kind: "transfer_returned".into(),
+            amount_cents: *amount_cents,
+            currency: currency.code().into(),
+            counterparty_name: Some(payee_name.clone()),
+            counterparty_iban: Some(payee_iban.to_string()),
+            counterparty_bic: Some(payee_bic.to_string()),
+            description: Some(description.clone()),
+            bulk_id: Some(*bulk_id),
+            balance_after_cents: *balance_after_cents,
+            recorded_at: stored.recorded_at,
+            reason: Some(reason.clone()),
+        }],
         Event::AccountOpened { .. } | Event::BulkTransferRejected { .. } => Vec::new(),
     }
 }

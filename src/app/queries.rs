@@ -49,6 +49,8 @@ pub struct HistoryRow {
     pub bulk_id: Option<Uuid>,
     pub balance_after_cents: i64,
     pub recorded_at: DateTime<Utc>,
+    /// A returned transfer's reason (`currency_mismatch`).
+    pub reason: Option<String>,
 }
 
 /// The columns of [`BalanceRow`], for `concat!`: statements stay
@@ -63,7 +65,7 @@ macro_rules! balance_columns {
 macro_rules! history_columns {
     () => {
         "position, seq, transaction_id, kind, amount_cents, currency, counterparty_name, counterparty_iban, \
-         counterparty_bic, description, bulk_id, balance_after_cents, recorded_at"
+         counterparty_bic, description, bulk_id, balance_after_cents, recorded_at, reason"
     };
 }
 
@@ -321,5 +323,6 @@ fn transaction_view(row: &HistoryRow) -> TransactionView {
         balance_after_cents: row.balance_after_cents,
         recorded_at: row.recorded_at,
         position: row.position,
+        reason: row.reason.clone(),
     }
 }

@@ -85,6 +85,9 @@ pub struct TransactionView {
     pub balance_after_cents: i64,
     pub recorded_at: DateTime<Utc>,
     pub position: i64,
+    /// Why the money came back, for a `transfer_returned` item.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

@@ -111,6 +111,26 @@ pub(super) async fn replay(
                     format_amount(*requested_cents, currency)
                 ),
             ),
+            Event::TransferReceived {
+                transfer_id,
+                payer_name,
+                payer_iban,
+                amount_cents,
+                ..
+            } => (
+                format_amount(*amount_cents, currency),
+                format!("transfer {transfer_id} from {payer_name}, {payer_iban}"),
+            ),
+            Event::TransferReturned {
+                transfer_id,
+                payee_iban,
+                amount_cents,
+                reason,
+                ..
+            } => (
+                format_amount(*amount_cents, currency),
+                format!("transfer {transfer_id} to {payee_iban} returned ({reason})"),
+            ),
         };
         println!(
             "{:>10} {:>7}  {:<27} {:<21} {:>18} {:>18}  {detail}",

@@ -4,6 +4,10 @@
 //! may happen (a [`Refusal`]); `apply(state, event)` folds one event into the
 //! state. A refused bulk is still a fact worth recording: `decide` returns a
 //! [`Event::BulkTransferRejected`] for it, which changes no balance.
+//!
+//! The credit leg of an on-us transfer is decided on the payee's account by
+//! [`decide_credit`] (or, when the payee cannot take it, returned to the
+//! payer by [`decide_return`]): every command stays on one stream.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -104,6 +108,44 @@ pub enum Event {
         available_cents: i64,
         transfer_count: i64,
     },
+    /// The credit leg of an on-us transfer, on the payee's stream (SPEC §9),
+    /// decided by the posting process from the payer's
+    /// [`Event::BulkTransferBooked`]. At most one per `transfer_id`.
+    TransferReceived {
+        transfer_id: Uuid,
+        bulk_id: Uuid,
+        payer_account_id: Uuid,
+        payer_iban: Iban,
+        payer_bic: Bic,
+        payer_name: String,
+        amount_cents: i64,
+        currency: Currency,
+        description: String,
+        /// The payer's end-to-end reference (ISO 20022), when it gave one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        end_to_end_id: Option<String>,
+        balance_after_cents: i64,
+    },
+    /// An on-us transfer the payee could not take, credited back on the
+    /// payer's stream (SPEC §9). At most one per `transfer_id`, and never
+    /// beside a [`Event::TransferReceived`] of it.
+    TransferReturned {
+        transfer_id: Uuid,
+        bulk_id: Uuid,
+        payee_account_id: Uuid,
+        payee_iban: Iban,
+        payee_bic: Bic,
+        payee_name: String,
+        amount_cents: i64,
+        currency: Currency,
+        description: String,
+        /// Why: `currency_mismatch` (the payee holds another currency) or
+        /// `balance_limit` (the credit would overflow the payee's balance).
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        end_to_end_id: Option<String>,
+        balance_after_cents: i64,
+    },
 }
 
 /// One transfer of a booked bulk. It carries everything the payee's side
@@ -129,6 +171,8 @@ impl Event {
             Event::FundsDeposited { .. } => "FundsDeposited",
             Event::BulkTransferBooked { .. } => "BulkTransferBooked",
             Event::BulkTransferRejected { .. } => "BulkTransferRejected",
+            Event::TransferReceived { .. } => "TransferReceived",
+            Event::TransferReturned { .. } => "TransferReturned",
         }
     }
 
@@ -267,6 +311,83 @@ fn decide_bulk(account: &Account, bulk: &TransferBulkCommand) -> Result<Vec<Even
 /// An event that cannot follow the state it is applied to: the stream is
 /// corrupt (or the fold has a bug). Audit reports it; the write path never
 /// produces it.
+/// One transfer of a booked bulk, as the posting process sees it: who paid,
+/// and the line itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Posting<'a> {
+    pub bulk_id: Uuid,
+    pub payer: &'a Account,
+    pub transfer: &'a TransferBooked,
+}
+
+/// Why an on-us credit is returned to the payer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReturnReason {
+    /// The payee's account holds another currency.
+    CurrencyMismatch,
+    /// The credit would take the payee's balance past what the ledger
+    /// represents.
+    BalanceLimit,
+}
+
+impl ReturnReason {
+    pub fn code(self) -> &'static str {
+        match self {
+            ReturnReason::CurrencyMismatch => "currency_mismatch",
+            ReturnReason::BalanceLimit => "balance_limit",
+        }
+    }
+}
+
+/// Decides the credit of an on-us transfer on its payee's account: the
+/// [`Event::TransferReceived`] for the payee's stream, or why the payee
+/// cannot take it (then [`decide_return`] on the payer's).
+pub fn decide_credit(payee: &Account, posting: &Posting<'_>) -> Result<Event, ReturnReason> {
+    let transfer = posting.transfer;
+    if transfer.currency != payee.currency {
+        return Err(ReturnReason::CurrencyMismatch);
+    }
+    let balance_after_cents = payee
+        .balance_cents
+        .checked_add(transfer.amount_cents)
+        .ok_or(ReturnReason::BalanceLimit)?;
+    Ok(Event::TransferReceived {
+        transfer_id: transfer.transfer_id,
+        bulk_id: posting.bulk_id,
+        payer_account_id: posting.payer.account_id,
+        payer_iban: posting.payer.iban.clone(),
+        payer_bic: posting.payer.bic.clone(),
+        payer_name: posting.payer.organization_name.clone(),
+        amount_cents: transfer.amount_cents,
+        currency: transfer.currency,
+        description: transfer.description.clone(),
+        end_to_end_id: None,
+        balance_after_cents,
+    })
+}
+
+/// The return of a transfer its payee could not take, on the payer's
+/// account (`payer` is the payer's state now, not at booking time).
+pub fn decide_return(payer: &Account, payee: &Account, posting: &Posting<'_>, reason: ReturnReason) -> Event {
+    let transfer = posting.transfer;
+    Event::TransferReturned {
+        transfer_id: transfer.transfer_id,
+        bulk_id: posting.bulk_id,
+        payee_account_id: payee.account_id,
+        payee_iban: payee.iban.clone(),
+        payee_bic: payee.bic.clone(),
+        payee_name: payee.organization_name.clone(),
+        amount_cents: transfer.amount_cents,
+        currency: transfer.currency,
+        description: transfer.description.clone(),
+        reason: reason.code().to_owned(),
+        end_to_end_id: None,
+        // The payer was debited this amount by the bulk: crediting it back
+        // cannot leave the range the debit came from.
+        balance_after_cents: payer.balance_cents + transfer.amount_cents,
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FoldError {
     #[error("{event_type} at version {version} applies to an account that was never opened")]
@@ -329,6 +450,16 @@ pub fn apply(state: Option<Account>, event: &Event) -> Result<Account, FoldError
                     ..
                 } => (-*total_cents, Some(*balance_after_cents)),
                 Event::BulkTransferRejected { .. } => (0, None),
+                Event::TransferReceived {
+                    amount_cents,
+                    balance_after_cents,
+                    ..
+                }
+                | Event::TransferReturned {
+                    amount_cents,
+                    balance_after_cents,
+                    ..
+                } => (*amount_cents, Some(*balance_after_cents)),
                 Event::AccountOpened { .. } => unreachable!("handled above"),
             };
             let computed = account.balance_cents.saturating_add(delta);

@@ -9,8 +9,8 @@ pub mod iban;
 pub mod money;
 
 pub use account::{
-    Account, Command, DepositCommand, Event, FoldError, OpenAccountCommand, Refusal, TransferBooked,
-    TransferBulkCommand, TransferLine, apply, decide, evolve, replay,
+    Account, Command, DepositCommand, Event, FoldError, OpenAccountCommand, Posting, Refusal, ReturnReason,
+    TransferBooked, TransferBulkCommand, TransferLine, apply, decide, decide_credit, decide_return, evolve, replay,
 };
 pub use iban::{Bic, BicError, Iban, IbanCheck, IbanError};
 pub use money::{AMOUNT_UNITS_MAX, Amount, AmountError, Currency, CurrencyError, format_amount, parse_amount};
