@@ -18,6 +18,8 @@
 //!   `app` calls.
 //! - [`pg`]: the project-local PostgreSQL cluster used when no
 //!   `DATABASE_URL` is given, and by the tests.
+//! - [`posting`]: the posting process, which credits on-us transfers to
+//!   their payees (double entry) from the feed.
 //! - [`server`]: the whole server (both front ends and every background
 //!   task), started by `ledger serve`, the tests and the benchmarks.
 //! - [`cli`]: the `ledger` binary's subcommands.
@@ -33,6 +35,7 @@ pub mod grpc;
 pub mod http;
 pub mod observability;
 pub mod pg;
+pub mod posting;
 pub mod problem;
 pub mod projections;
 pub mod server;

@@ -18,6 +18,7 @@ pub const BATCH_COMMANDS: &str = "ledger_group_commit_batch_commands";
 pub const BATCH_DURATION: &str = "ledger_group_commit_batch_duration_seconds";
 pub const PROJECTION_POSITION: &str = "ledger_projection_position";
 pub const PROJECTION_LAG: &str = "ledger_projection_lag_events";
+pub const POSTING_LAG: &str = "ledger_posting_lag_events";
 pub const DB_POOL_CONNECTIONS: &str = "ledger_db_pool_connections";
 pub const BUILD_INFO: &str = "ledger_build_info";
 
@@ -74,6 +75,10 @@ fn describe() {
     );
     describe_gauge!(PROJECTION_POSITION, "Last log position reflected in each projection");
     describe_gauge!(PROJECTION_LAG, "Committed events a projection has not applied yet");
+    describe_gauge!(
+        POSTING_LAG,
+        "Committed events the posting process (on-us credits) has not passed yet"
+    );
     describe_gauge!(
         DB_POOL_CONNECTIONS,
         "Database pool connections by state (in_use, idle, max)"

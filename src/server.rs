@@ -24,7 +24,8 @@ const GRACE_EXTRA: Duration = Duration::from_secs(5);
 /// - the API key watcher (revocations take effect at once),
 /// - the idempotency key purge (keys older than
 ///   [`crate::app::Settings::idempotency_ttl`]),
-/// - the asynchronous projection runner.
+/// - the asynchronous projection runner,
+/// - the posting process (the credits of on-us transfers).
 ///
 /// Runs until `shutdown` completes or either server fails. In-flight
 /// requests then get the request time limit and [`GRACE_EXTRA`] more; a
@@ -47,6 +48,7 @@ pub async fn run(
         ledger.settings().idempotency_ttl,
     ));
     background.spawn(crate::projections::runner::run(ledger.pool().clone()));
+    background.spawn(crate::posting::run(ledger.pool().clone()));
 
     // The signal, or either server failing, stops both.
     let (stop, stopped) = watch::channel(false);

@@ -143,6 +143,36 @@ pub async fn load_account(pool: &PgPool, iban: &Iban) -> Result<Option<(Account,
     snapshot.map(|s| s.row.into_state(Some(&s.hash))).transpose()
 }
 
+/// The state and stream head of each of these accounts that is open (for
+/// the posting process), in one round trip.
+pub async fn load_accounts<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    account_ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, (Account, StreamHead)>, AppError> {
+    #[derive(sqlx::FromRow)]
+    struct Snapshot {
+        #[sqlx(flatten)]
+        row: BalanceRow,
+        hash: Vec<u8>,
+    }
+    let snapshots: Vec<Snapshot> = sqlx::query_as(concat!(
+        "SELECT ",
+        balance_columns!(),
+        ", e.hash FROM balances b JOIN events e ON e.stream_id = b.account_id AND e.version = b.version \
+         WHERE b.account_id = ANY($1)"
+    ))
+    .bind(account_ids)
+    .fetch_all(executor)
+    .await?;
+    snapshots
+        .into_iter()
+        .map(|s| {
+            let id = s.row.account_id;
+            s.row.into_state(Some(&s.hash)).map(|state| (id, state))
+        })
+        .collect()
+}
+
 /// An account's whole history, oldest first (for the audit).
 pub async fn history_of(pool: &PgPool, account_id: Uuid) -> Result<Vec<HistoryRow>, sqlx::Error> {
     sqlx::query_as(concat!(

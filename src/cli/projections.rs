@@ -32,7 +32,9 @@ async fn status(pool: &PgPool) -> anyhow::Result<ExitCode> {
         "{:<14} {:<7} {:>12} {:>12} {:>10}  last rebuild",
         "projection", "mode", "position", "log", "lag"
     );
-    for status in crate::projections::status(pool).await? {
+    let statuses = crate::projections::status(pool).await?;
+    let log_position = statuses.first().map_or(0, |s| s.log_position);
+    for status in statuses {
         let rebuilt = match (status.rebuilt_at, status.rebuild_events, status.rebuild_seconds) {
             (Some(at), Some(events), Some(seconds)) => {
                 format!(
@@ -47,6 +49,12 @@ async fn status(pool: &PgPool) -> anyhow::Result<ExitCode> {
             status.name, status.mode, status.position, status.log_position, status.lag_events
         );
     }
+    // Not a read model, but it follows the log the same way.
+    let (position, lag) = crate::posting::lag(pool).await?;
+    println!(
+        "{:<14} {:<7} {:>12} {:>12} {:>10}  -",
+        "posting", "process", position, log_position, lag
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -155,36 +155,15 @@ pub async fn append<'e, E: sqlx::PgExecutor<'e>>(
     assert!(!events.is_empty(), "an append carries at least one event");
     // PostgreSQL keeps microseconds; hash exactly what will be stored.
     let recorded_at = recorded_at.trunc_subsecs(6);
-    let mut versions = Vec::with_capacity(events.len());
-    let mut types = Vec::with_capacity(events.len());
-    let mut schemas = Vec::with_capacity(events.len());
-    let mut payloads = Vec::with_capacity(events.len());
-    let mut metadatas = Vec::with_capacity(events.len());
-    let mut hashes: Vec<Vec<u8>> = Vec::with_capacity(events.len());
-    let mut previous = head.hash;
-    for (offset, new) in events.iter().enumerate() {
-        let version = head.version + 1 + offset as i64;
-        let data = new.event.data();
-        let hash = event_hash(
-            &previous,
-            &HashInput {
-                stream_id,
-                version,
-                event_type: new.event.event_type(),
-                schema_version: Event::SCHEMA_VERSION,
-                recorded_at,
-                data: &data,
-                metadata: &new.metadata,
-            },
-        );
-        previous = hash;
-        versions.push(version);
-        types.push(new.event.event_type());
-        schemas.push(Event::SCHEMA_VERSION);
-        payloads.push(data);
-        metadatas.push(&new.metadata);
-        hashes.push(hash.to_vec());
-    }
+    let Chained {
+        versions,
+        types,
+        schemas,
+        payloads,
+        metadatas,
+        hashes,
+        head: new_head,
+    } = chain(stream_id, head, events, recorded_at);
     let row: (Option<i64>, Option<i64>, i64, Option<i64>) = sqlx::query_as(APPEND_SQL)
         .bind(stream_id)
         .bind(&versions)
@@ -208,11 +187,134 @@ pub async fn append<'e, E: sqlx::PgExecutor<'e>>(
     Ok(Appended {
         first_position,
         last_position,
-        head: StreamHead {
-            version: head.version + events.len() as i64,
-            hash: previous,
-        },
+        head: new_head,
     })
+}
+
+/// One stream's events ready for the `events` table: versions after the
+/// head, and hashes chained from it.
+struct Chained<'a> {
+    versions: Vec<i64>,
+    types: Vec<&'static str>,
+    schemas: Vec<i32>,
+    payloads: Vec<Value>,
+    metadatas: Vec<&'a Value>,
+    hashes: Vec<Vec<u8>>,
+    head: StreamHead,
+}
+
+fn chain<'a>(stream_id: Uuid, head: StreamHead, events: &'a [NewEvent], recorded_at: DateTime<Utc>) -> Chained<'a> {
+    let mut chained = Chained {
+        versions: Vec::with_capacity(events.len()),
+        types: Vec::with_capacity(events.len()),
+        schemas: Vec::with_capacity(events.len()),
+        payloads: Vec::with_capacity(events.len()),
+        metadatas: Vec::with_capacity(events.len()),
+        hashes: Vec::with_capacity(events.len()),
+        head,
+    };
+    let mut previous = head.hash;
+    for (offset, new) in events.iter().enumerate() {
+        let version = head.version + 1 + offset as i64;
+        let data = new.event.data();
+        let hash = event_hash(
+            &previous,
+            &HashInput {
+                stream_id,
+                version,
+                event_type: new.event.event_type(),
+                schema_version: Event::SCHEMA_VERSION,
+                recorded_at,
+                data: &data,
+                metadata: &new.metadata,
+            },
+        );
+        previous = hash;
+        chained.versions.push(version);
+        chained.types.push(new.event.event_type());
+        chained.schemas.push(Event::SCHEMA_VERSION);
+        chained.payloads.push(data);
+        chained.metadatas.push(&new.metadata);
+        chained.hashes.push(hash.to_vec());
+    }
+    chained.head = StreamHead {
+        version: head.version + events.len() as i64,
+        hash: previous,
+    };
+    chained
+}
+
+/// The events of one stream in an [`append_many`].
+pub struct StreamAppend<'a> {
+    pub stream_id: Uuid,
+    /// Where the stream must be (optimistic concurrency).
+    pub head: StreamHead,
+    pub events: &'a [NewEvent],
+}
+
+const APPEND_MANY_SQL: &str = r#"
+WITH ins AS (
+    INSERT INTO events (stream_id, version, event_type, schema_version, data, metadata, recorded_at, hash)
+    SELECT st, v, t, s, d, m, $7, h
+    FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[], $8::bytea[])
+         AS u(st, v, t, s, d, m, h)
+    RETURNING *
+), proj AS (
+    SELECT projection_balances_apply(batch) AS balances, projection_transactions_apply(batch) AS transactions
+    FROM (SELECT array_agg(ins::events ORDER BY ins.stream_id, ins.version) AS batch FROM ins) AS b
+)
+SELECT (SELECT count(*) FROM ins) AS appended, (SELECT balances + transactions FROM proj) AS projected
+"#;
+
+/// Appends to several streams in one statement, each at its own expected
+/// head, with the inline projections: all of it commits or none of it does.
+/// A stream that moved meanwhile fails the whole statement
+/// ([`AppendError::VersionConflict`]); so does a transfer credited or
+/// returned twice (the `events_transfer_leg_key` index). Returns each
+/// stream's new head, in the order given.
+pub async fn append_many<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    appends: &[StreamAppend<'_>],
+    recorded_at: DateTime<Utc>,
+) -> Result<Vec<StreamHead>, AppendError> {
+    let recorded_at = recorded_at.trunc_subsecs(6);
+    let (mut streams, mut versions, mut types, mut schemas, mut payloads, mut metadatas, mut hashes) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    let mut heads = Vec::with_capacity(appends.len());
+    for append in appends {
+        let chained = chain(append.stream_id, append.head, append.events, recorded_at);
+        streams.extend(std::iter::repeat_n(append.stream_id, append.events.len()));
+        versions.extend(chained.versions);
+        types.extend(chained.types);
+        schemas.extend(chained.schemas);
+        payloads.extend(chained.payloads);
+        metadatas.extend(chained.metadatas);
+        hashes.extend(chained.hashes);
+        heads.push(chained.head);
+    }
+    if streams.is_empty() {
+        return Ok(heads);
+    }
+    sqlx::query(APPEND_MANY_SQL)
+        .bind(&streams)
+        .bind(&versions)
+        .bind(&types)
+        .bind(&schemas)
+        .bind(&payloads)
+        .bind(&metadatas)
+        .bind(recorded_at)
+        .bind(&hashes)
+        .execute(executor)
+        .await
+        .map_err(classify)?;
+    Ok(heads)
 }
 
 fn classify(error: sqlx::Error) -> AppendError {
@@ -223,6 +325,9 @@ fn classify(error: sqlx::Error) -> AppendError {
         match db.constraint() {
             Some("events_stream_version_key") => return AppendError::VersionConflict,
             Some("idempotency_keys_pkey") => return AppendError::IdempotencyKeyTaken,
+            // A transfer's credit or return appended by someone else first:
+            // as for a stream that moved, read again and decide again.
+            Some("events_transfer_leg_key") => return AppendError::VersionConflict,
             // Two first appends to a stream racing on the projection's row.
             Some("balances_pkey") | Some("balances_iban_key") => {
                 return AppendError::VersionConflict;

@@ -44,6 +44,10 @@ pub(super) async fn metrics(State(ledger): State<AppState>) -> Response {
             "projection status unavailable for /metrics"
         ),
     }
+    match crate::posting::lag(pool).await {
+        Ok((_, lag)) => metrics::gauge!(crate::observability::POSTING_LAG).set(lag as f64),
+        Err(error) => tracing::warn!(error = format!("{error:#}"), "posting lag unavailable for /metrics"),
+    }
     (
         StatusCode::OK,
         [(

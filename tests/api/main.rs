@@ -7,6 +7,7 @@ mod binary;
 mod concurrency;
 mod containers;
 mod docs;
+mod double_entry;
 mod event_store;
 mod fuzz;
 mod grpc;

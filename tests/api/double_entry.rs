@@ -1,0 +1,186 @@
+//! Double entry (SPEC §9) through the real server and its posting process:
+//! money paid to an account of this ledger arrives there, exactly once; a
+//! payee that cannot take it sends it back; commands on the payee meanwhile
+//! lose nothing.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const GLOBEX_IBAN: &str = "DE89370400440532013000";
+const INITECH_IBAN: &str = "GB82WEST12345698765432";
+
+async fn open(app: &TestApp, name: &str, iban: &str, bic: &str, currency: &str) {
+    let (status, body) = app
+        .post(
+            "/v1/accounts",
+            &json!({"organization_name": name, "iban": iban, "bic": bic, "currency": currency}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+fn pay(iban: &str, name: &str, amount: &str, currency: &str) -> Value {
+    json!({"amount": amount, "currency": currency, "counterparty_name": name,
+           "counterparty_bic": "COBADEFFXXX", "counterparty_iban": iban, "description": "Invoice 2026-12"})
+}
+
+/// Polls (bounded) until `done` holds for the account's state.
+async fn eventually(app: &TestApp, iban: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, account) = app.get(&format!("/v1/accounts/{iban}")).await;
+        assert_eq!(status, 200, "{account}");
+        if done(&account) {
+            return account;
+        }
+        assert!(Instant::now() < deadline, "{what} never happened: {account}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn history(app: &TestApp, iban: &str) -> Vec<Value> {
+    let (status, page) = app.get(&format!("/v1/accounts/{iban}/transactions?limit=1000")).await;
+    assert_eq!(status, 200, "{page}");
+    page["items"].as_array().unwrap().clone()
+}
+
+async fn events_of_type(app: &TestApp, event_type: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = $1")
+        .bind(event_type)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// A bulk paying an account of the ledger and an outside IBAN: the payee
+/// is credited once, with the payer as counterparty and the payer's
+/// transfer id; the outside transfer leaves the bank; posting again adds
+/// nothing; both accounts audit clean.
+#[tokio::test]
+async fn an_on_us_transfer_credits_the_payee_exactly_once() {
+    let app = TestApp::spawn().await;
+    app.acme_with(100_000).await;
+    open(&app, "Globex GmbH", GLOBEX_IBAN, "COBADEFFXXX", "EUR").await;
+    let (status, booked) = app
+        .post(
+            "/v1/transfer/bulk",
+            &bulk(vec![
+                pay(GLOBEX_IBAN, "Globex GmbH", "250.00", "EUR"),
+                transfer("10.00"),
+            ]),
+        )
+        .await;
+    assert_eq!(status, 201, "{booked}");
+    assert_eq!(booked["balance_after_cents"], 100_000 - 26_000);
+    let transfer_id = booked["transfer_ids"][0].as_str().unwrap().to_owned();
+
+    eventually(&app, GLOBEX_IBAN, "the credit", |a| a["balance_cents"] == 25_000).await;
+    let items = history(&app, GLOBEX_IBAN).await;
+    let credit = items
+        .iter()
+        .find(|i| i["kind"] == "transfer_received")
+        .expect("a credit item");
+    assert_eq!(credit["transaction_id"], transfer_id.as_str());
+    assert_eq!(credit["amount_cents"], 25_000);
+    assert_eq!(credit["counterparty_iban"], ACME_IBAN);
+    assert_eq!(credit["counterparty_bic"], ACME_BIC);
+    assert_eq!(credit["counterparty_name"], ACME_NAME);
+    assert_eq!(credit["bulk_id"], booked["bulk_id"]);
+    assert_eq!(credit["description"], "Invoice 2026-12");
+    assert_eq!(credit["balance_after_cents"], 25_000);
+
+    // Exactly once: one credit in the log, and posting again finds nothing.
+    let again = ledger::posting::catch_up(&app.pool).await.unwrap();
+    assert_eq!(again.postings, 0);
+    assert_eq!(events_of_type(&app, "TransferReceived").await, 1);
+    assert_eq!(events_of_type(&app, "TransferReturned").await, 0);
+    assert_eq!(app.balance_cents(ACME_IBAN).await, 74_000);
+    for iban in [ACME_IBAN, GLOBEX_IBAN] {
+        let (status, audit) = app.get(&format!("/v1/accounts/{iban}/audit")).await;
+        assert_eq!(status, 200);
+        assert_eq!(audit["consistent"], true, "{audit}");
+        assert_eq!(audit["chain_valid"], true, "{audit}");
+    }
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("ledger_posting_lag_events"), "{metrics}");
+}
+
+/// A payee in another currency cannot take a euro transfer: the payer gets
+/// it back, once, as a `transfer_returned` item with its reason.
+#[tokio::test]
+async fn a_payee_in_another_currency_returns_the_transfer() {
+    let app = TestApp::spawn().await;
+    app.acme_with(50_000).await;
+    open(&app, "Initech Ltd", INITECH_IBAN, "NWBKGB2L", "GBP").await;
+    let (status, booked) = app
+        .post(
+            "/v1/transfer/bulk",
+            &bulk(vec![pay(INITECH_IBAN, "Initech Ltd", "120.00", "EUR")]),
+        )
+        .await;
+    assert_eq!(status, 201, "{booked}");
+    assert_eq!(booked["balance_after_cents"], 38_000);
+
+    eventually(&app, ACME_IBAN, "the return", |a| a["balance_cents"] == 50_000).await;
+    let items = history(&app, ACME_IBAN).await;
+    let returned = items
+        .iter()
+        .find(|i| i["kind"] == "transfer_returned")
+        .expect("a return item");
+    assert_eq!(returned["transaction_id"], booked["transfer_ids"][0]);
+    assert_eq!(returned["amount_cents"], 12_000);
+    assert_eq!(returned["reason"], "currency_mismatch");
+    assert_eq!(returned["counterparty_iban"], INITECH_IBAN);
+    assert_eq!(returned["balance_after_cents"], 50_000);
+    assert_eq!(app.balance_cents(INITECH_IBAN).await, 0, "the payee got nothing");
+    assert_eq!(ledger::posting::catch_up(&app.pool).await.unwrap().postings, 0);
+    assert_eq!(events_of_type(&app, "TransferReturned").await, 1);
+    assert_eq!(events_of_type(&app, "TransferReceived").await, 0);
+}
+
+/// Credits land on a payee that is receiving deposits at the same time
+/// (its group commit and the posting process append to one stream): every
+/// deposit and every credit counts once, and the stream audits clean.
+#[tokio::test]
+async fn credits_and_commands_on_one_payee_never_double_apply() {
+    let app = TestApp::spawn().await;
+    app.acme_with(1_000_000).await;
+    open(&app, "Globex GmbH", GLOBEX_IBAN, "COBADEFFXXX", "EUR").await;
+    let bulks = (0..20).map(|_| {
+        app.client
+            .post(app.url("/v1/transfer/bulk"))
+            .json(&bulk(vec![
+                pay(GLOBEX_IBAN, "Globex GmbH", "1.00", "EUR"),
+                pay(GLOBEX_IBAN, "Globex GmbH", "2.00", "EUR"),
+            ]))
+            .send()
+    });
+    let deposits = (0..20).map(|_| {
+        app.client
+            .post(app.url(&format!("/v1/accounts/{GLOBEX_IBAN}/deposits")))
+            .json(&json!({"amount": "5.00"}))
+            .send()
+    });
+    let (bulks, deposits) = tokio::join!(join_all(bulks), join_all(deposits));
+    for response in bulks.into_iter().chain(deposits) {
+        assert_eq!(response.unwrap().status().as_u16(), 201);
+    }
+    let expected = 20 * 300 + 20 * 500;
+    eventually(&app, GLOBEX_IBAN, "every credit", |a| a["balance_cents"] == expected).await;
+    assert_eq!(events_of_type(&app, "TransferReceived").await, 40);
+    let (_, audit) = app.get(&format!("/v1/accounts/{GLOBEX_IBAN}/audit")).await;
+    assert_eq!(audit["consistent"], true, "{audit}");
+    assert_eq!(app.balance_cents(ACME_IBAN).await, 1_000_000 - 20 * 300);
+}
