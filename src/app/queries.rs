@@ -11,7 +11,8 @@ use super::auth::{Action, Principal};
 use super::params::{HistoryCursor, PageSize, PointInTime};
 use super::problems::{AppError, account_not_found};
 use super::views::{
-    AccountView, FeedEventView, FeedPage, PointInTimeView, TransactionPage, TransactionView, amount_text,
+    AccountView, CurrencyTrialBalance, FeedEventView, FeedPage, PointInTimeView, TransactionPage, TransactionView,
+    TrialBalanceView, amount_text,
 };
 use super::{Ledger, account_id_for};
 use crate::domain::{Account, Bic, Currency, Iban, IbanCheck, format_amount};
@@ -333,6 +334,73 @@ impl Ledger {
                 .collect(),
             next_after,
         })
+    }
+}
+
+/// The trial balance, in one statement (one snapshot): customers from the
+/// balances projection; settlement, clearing and in flight derived from
+/// the log and the posting process's checkpoint. A transfer the posting
+/// process has passed is either on-us (it has its credit or return) or
+/// left the bank (clearing); one it has not passed yet is in flight.
+pub async fn trial_balance(pool: &PgPool) -> Result<TrialBalanceView, sqlx::Error> {
+    let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "WITH cp AS ( \
+             SELECT checkpoint_tx::text::xid8 AS tx, checkpoint_position AS pos \
+             FROM process_checkpoints WHERE name = 'posting' \
+         ), customers AS ( \
+             SELECT currency, sum(balance_cents)::bigint AS cents FROM balances GROUP BY currency \
+         ), deposits AS ( \
+             SELECT data->>'currency' AS currency, sum((data->>'amount_cents')::bigint)::bigint AS cents \
+             FROM events WHERE event_type = 'FundsDeposited' GROUP BY 1 \
+         ), transfers AS ( \
+             SELECT t.item->>'currency' AS currency, (t.item->>'amount_cents')::bigint AS cents, \
+                    (e.tx_id, e.position) <= (cp.tx, cp.pos) AS passed, \
+                    EXISTS (SELECT 1 FROM events l \
+                            WHERE l.event_type IN ('TransferReceived', 'TransferReturned') \
+                              AND l.data->>'transfer_id' = t.item->>'transfer_id') AS on_us \
+             FROM events e CROSS JOIN cp \
+             CROSS JOIN LATERAL jsonb_array_elements(e.data->'transfers') AS t(item) \
+             WHERE e.event_type = 'BulkTransferBooked' \
+         ), moving AS ( \
+             SELECT currency, \
+                    coalesce(sum(cents) FILTER (WHERE passed AND NOT on_us), 0)::bigint AS clearing, \
+                    coalesce(sum(cents) FILTER (WHERE NOT passed), 0)::bigint AS in_flight \
+             FROM transfers GROUP BY currency \
+         ), currencies AS ( \
+             SELECT currency FROM customers UNION SELECT currency FROM deposits UNION SELECT currency FROM moving \
+         ) \
+         SELECT c.currency, coalesce(cu.cents, 0)::bigint, (-coalesce(d.cents, 0))::bigint, \
+                coalesce(m.clearing, 0)::bigint, coalesce(m.in_flight, 0)::bigint, \
+                (SELECT coalesce(max(position), 0) FROM events)::bigint \
+         FROM currencies c LEFT JOIN customers cu USING (currency) LEFT JOIN deposits d USING (currency) \
+         LEFT JOIN moving m USING (currency) ORDER BY c.currency",
+    )
+    .fetch_all(pool)
+    .await?;
+    let position = rows.first().map_or(0, |r| r.5);
+    Ok(TrialBalanceView {
+        position,
+        currencies: rows
+            .into_iter()
+            .map(
+                |(currency, customers, settlement, clearing, in_flight, _)| CurrencyTrialBalance {
+                    currency,
+                    customers_cents: customers,
+                    settlement_cents: settlement,
+                    clearing_cents: clearing,
+                    in_flight_cents: in_flight,
+                    sum_cents: customers + settlement + clearing + in_flight,
+                },
+            )
+            .collect(),
+    })
+}
+
+impl Ledger {
+    /// The trial balance (SPEC §9): admin only.
+    pub async fn trial_balance(&self, principal: &Principal) -> Result<TrialBalanceView, AppError> {
+        principal.authorize(Action::ReadLedger)?;
+        Ok(trial_balance(self.pool()).await?)
     }
 }
 

@@ -143,3 +143,32 @@ pub struct FeedPage {
     pub events: Vec<FeedEventView>,
     pub next_after: String,
 }
+
+/// The trial balance (SPEC §9): per currency, where all the money is. The
+/// four parts sum to zero whenever the books are right.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"position": 42, "currencies": [{"currency": "EUR", "customers_cents": 9566955,
+    "settlement_cents": -10000000, "clearing_cents": 433045, "in_flight_cents": 0, "sum_cents": 0}]}))]
+pub struct TrialBalanceView {
+    /// The log position the figures are taken at.
+    pub position: i64,
+    pub currencies: Vec<CurrencyTrialBalance>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CurrencyTrialBalance {
+    pub currency: String,
+    /// The customer accounts' balances, summed.
+    pub customers_cents: i64,
+    /// The settlement account: money that came in from outside (deposits),
+    /// negative.
+    pub settlement_cents: i64,
+    /// The clearing account: money sent to other banks (transfers to IBANs
+    /// that are no account here), positive.
+    pub clearing_cents: i64,
+    /// On-us transfers debited from their payers and not yet credited to
+    /// their payees or returned.
+    pub in_flight_cents: i64,
+    /// customers + settlement + clearing + in flight: 0.
+    pub sum_cents: i64,
+}

@@ -1,6 +1,6 @@
 //! The HTTP API (axum). Thin: parse, call [`crate::app`], render the
 //! typed result. Each feature file (`accounts.rs`, `transfers.rs`,
-//! `events.rs`, `operations.rs`) registers its own endpoints once; the
+//! `events.rs`, `ledger.rs`, `operations.rs`) registers its own endpoints once; the
 //! router and the OpenAPI document are both built from that registration.
 //! Commands (POST) and queries (GET) are separate routes over separate
 //! models; every error is an RFC 9457 problem, including axum's own
@@ -9,6 +9,7 @@
 mod accounts;
 mod errors;
 mod events;
+mod ledger;
 pub mod openapi;
 mod operations;
 mod transfers;
@@ -43,6 +44,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(accounts::routes())
         .merge(events::routes())
+        .merge(ledger::routes())
         .merge(transfers::routes())
 }
 

@@ -215,6 +215,7 @@ mod tests {
             ("get", "/v1/accounts/{iban}/balance"),
             ("get", "/v1/accounts/{iban}/audit"),
             ("get", "/v1/events"),
+            ("get", "/v1/ledger/trial-balance"),
             ("post", "/v1/transfer/bulk"),
             ("get", "/healthz"),
             ("get", "/readyz"),

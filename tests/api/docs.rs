@@ -13,7 +13,7 @@ async fn the_openapi_document_lists_served_routes() {
     assert_eq!(status, 200);
     assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
     let paths = spec["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 11, "{:?}", paths.keys());
+    assert_eq!(paths.len(), 12, "{:?}", paths.keys());
     for (path, item) in paths {
         for method in item.as_object().unwrap().keys() {
             let concrete = path.replace("{iban}", "DE89370400440532013000");

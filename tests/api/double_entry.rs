@@ -184,3 +184,83 @@ async fn credits_and_commands_on_one_payee_never_double_apply() {
     assert_eq!(audit["consistent"], true, "{audit}");
     assert_eq!(app.balance_cents(ACME_IBAN).await, 1_000_000 - 20 * 300);
 }
+
+async fn trial_balance(app: &TestApp) -> Value {
+    let (status, balance) = app.get("/v1/ledger/trial-balance").await;
+    assert_eq!(status, 200, "{balance}");
+    balance
+}
+
+fn currency<'a>(balance: &'a Value, code: &str) -> &'a Value {
+    balance["currencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["currency"] == code)
+        .unwrap_or_else(|| panic!("no {code} in {balance}"))
+}
+
+/// The trial balance sums to zero per currency at every moment: with an
+/// on-us transfer in flight (the posting process held back by a lock on its
+/// checkpoint), and once it is credited; a transfer to another bank sits in
+/// clearing. Only admin keys may read it.
+#[tokio::test]
+async fn the_trial_balance_sums_to_zero_in_flight_and_after() {
+    let app = TestApp::spawn().await;
+    app.acme_with(100_000).await;
+    open(&app, "Globex GmbH", GLOBEX_IBAN, "COBADEFFXXX", "EUR").await;
+    let before = trial_balance(&app).await;
+    let eur = currency(&before, "EUR");
+    assert_eq!(eur["customers_cents"], 100_000);
+    assert_eq!(eur["settlement_cents"], -100_000);
+    assert_eq!(eur["sum_cents"], 0);
+
+    // Hold the posting process back: it skips a checkpoint row it cannot lock.
+    let mut hold = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM process_checkpoints WHERE name = 'posting' FOR UPDATE")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let (status, booked) = app
+        .post(
+            "/v1/transfer/bulk",
+            &bulk(vec![
+                pay(GLOBEX_IBAN, "Globex GmbH", "250.00", "EUR"),
+                transfer("10.00"),
+            ]),
+        )
+        .await;
+    assert_eq!(status, 201, "{booked}");
+    let in_flight = trial_balance(&app).await;
+    let eur = currency(&in_flight, "EUR");
+    assert_eq!(eur["customers_cents"], 74_000, "{in_flight}");
+    assert_eq!(eur["in_flight_cents"], 26_000, "{in_flight}");
+    assert_eq!(eur["clearing_cents"], 0, "{in_flight}");
+    assert_eq!(eur["sum_cents"], 0, "{in_flight}");
+    assert_eq!(app.balance_cents(GLOBEX_IBAN).await, 0, "not credited while held");
+    hold.rollback().await.unwrap();
+
+    eventually(&app, GLOBEX_IBAN, "the credit", |a| a["balance_cents"] == 25_000).await;
+    let after = trial_balance(&app).await;
+    let eur = currency(&after, "EUR");
+    assert_eq!(eur["customers_cents"], 99_000, "{after}");
+    assert_eq!(eur["settlement_cents"], -100_000, "{after}");
+    assert_eq!(eur["clearing_cents"], 1_000, "{after}");
+    assert_eq!(eur["in_flight_cents"], 0, "{after}");
+    assert_eq!(eur["sum_cents"], 0, "{after}");
+    assert!(after["position"].as_i64().unwrap() >= in_flight["position"].as_i64().unwrap());
+
+    let account_key = create_key(
+        &app.pool,
+        ledger::app::auth::Scope::Account(
+            ledger::domain::Iban::parse(ACME_IBAN, ledger::domain::IbanCheck::Structure).unwrap(),
+        ),
+    )
+    .await;
+    let response = client_with_key(Some(&account_key))
+        .get(app.url("/v1/ledger/trial-balance"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+}

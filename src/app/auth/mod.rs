@@ -91,10 +91,14 @@ pub struct Principal {
 pub enum Action<'a> {
     OpenAccount,
     Deposit,
-    Transfer { from: &'a Iban },
+    Transfer {
+        from: &'a Iban,
+    },
     ReadAccount(&'a Iban),
     ReadFeed,
     Audit,
+    /// The trial balance: every account's money at once.
+    ReadLedger,
 }
 
 impl Principal {
@@ -135,6 +139,7 @@ impl Principal {
             Action::ReadAccount(_) => "read another account",
             Action::ReadFeed => "read the event feed",
             Action::Audit => "run audits",
+            Action::ReadLedger => "read the trial balance",
         };
         Err(Problem::new(
             ProblemType::Forbidden,
