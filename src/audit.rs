@@ -3,6 +3,8 @@
 //! the projections. The SQL projections and this Rust fold are written
 //! independently, so agreement means something.
 
+pub mod double_entry;
+
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;

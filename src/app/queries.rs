@@ -296,14 +296,19 @@ impl Ledger {
         })
     }
 
-    /// Replays the account's stream, verifies its hash chain and compares
-    /// the result with the projections.
+    /// Replays the account's stream, verifies its hash chain, compares the
+    /// result with the projections, and checks its double entry.
     pub async fn audit(&self, principal: &Principal, iban: &Iban) -> Result<crate::audit::StreamAudit, AppError> {
         principal.authorize(Action::Audit)?;
-        let audit = crate::audit::audit_stream(self.pool(), account_id_for(iban)).await?;
+        let account_id = account_id_for(iban);
+        let mut audit = crate::audit::audit_stream(self.pool(), account_id).await?;
         if audit.events == 0 && audit.projected_balance_cents.is_none() {
             return Err(account_not_found(iban).into());
         }
+        // Double entry, as far as this account's stream is concerned.
+        let differences = crate::audit::double_entry::differences(self.pool(), Some(account_id)).await?;
+        audit.consistent &= differences.is_empty();
+        audit.differences.extend(differences);
         Ok(audit)
     }
 
@@ -340,8 +345,11 @@ impl Ledger {
 /// The trial balance, in one statement (one snapshot): customers from the
 /// balances projection; settlement, clearing and in flight derived from
 /// the log and the posting process's checkpoint. A transfer the posting
-/// process has passed is either on-us (it has its credit or return) or
-/// left the bank (clearing); one it has not passed yet is in flight.
+/// process has not passed yet is in flight. One it has passed is on-us
+/// (it has its credit or return), or left the bank (clearing) — but only
+/// when its payee was not already an account here when it was booked
+/// (then the posting process saw that account and owed it a leg): a leg
+/// gone missing is in no part, and the sum is no longer zero.
 pub async fn trial_balance(pool: &PgPool) -> Result<TrialBalanceView, sqlx::Error> {
     let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
         "WITH cp AS ( \
@@ -352,18 +360,23 @@ pub async fn trial_balance(pool: &PgPool) -> Result<TrialBalanceView, sqlx::Erro
          ), deposits AS ( \
              SELECT data->>'currency' AS currency, sum((data->>'amount_cents')::bigint)::bigint AS cents \
              FROM events WHERE event_type = 'FundsDeposited' GROUP BY 1 \
+         ), opened AS ( \
+             SELECT data->>'iban' AS iban, tx_id, position FROM events WHERE event_type = 'AccountOpened' \
          ), transfers AS ( \
              SELECT t.item->>'currency' AS currency, (t.item->>'amount_cents')::bigint AS cents, \
                     (e.tx_id, e.position) <= (cp.tx, cp.pos) AS passed, \
                     EXISTS (SELECT 1 FROM events l \
                             WHERE l.event_type IN ('TransferReceived', 'TransferReturned') \
-                              AND l.data->>'transfer_id' = t.item->>'transfer_id') AS on_us \
+                              AND l.data->>'transfer_id' = t.item->>'transfer_id') AS posted, \
+                    coalesce((o.tx_id, o.position) < (e.tx_id, e.position), false) AS payee_known \
              FROM events e CROSS JOIN cp \
              CROSS JOIN LATERAL jsonb_array_elements(e.data->'transfers') AS t(item) \
+             LEFT JOIN opened o ON o.iban = t.item->>'counterparty_iban' \
              WHERE e.event_type = 'BulkTransferBooked' \
          ), moving AS ( \
              SELECT currency, \
-                    coalesce(sum(cents) FILTER (WHERE passed AND NOT on_us), 0)::bigint AS clearing, \
+                    coalesce(sum(cents) FILTER (WHERE passed AND NOT posted AND NOT payee_known), 0)::bigint \
+                        AS clearing, \
                     coalesce(sum(cents) FILTER (WHERE NOT passed), 0)::bigint AS in_flight \
              FROM transfers GROUP BY currency \
          ), currencies AS ( \

@@ -8,11 +8,15 @@ use sqlx::PgPool;
 
 pub(super) async fn audit(pool: &PgPool, account: Option<&str>) -> anyhow::Result<ExitCode> {
     use crate::domain::{Iban, IbanCheck};
-    let accounts = match account {
+    let account_id_filter = match account {
         Some(text) => {
             let iban = Iban::parse(text, IbanCheck::Structure).map_err(|e| anyhow::anyhow!("--account {e}"))?;
-            vec![crate::app::account_id_for(&iban)]
+            Some(crate::app::account_id_for(&iban))
         }
+        None => None,
+    };
+    let accounts = match account_id_filter {
+        Some(id) => vec![id],
         None => crate::audit::all_accounts(pool).await?,
     };
     let bar = super::projections::progress_bar(accounts.len() as u64, "accounts");
@@ -29,6 +33,28 @@ pub(super) async fn audit(pool: &PgPool, account: Option<&str>) -> anyhow::Resul
         eprintln!("ledger: no account with IBAN {}", account.unwrap_or_default());
         return Ok(ExitCode::from(2));
     }
+    // Double entry: every leg has its debit, every passed on-us transfer its
+    // leg, and per currency the books sum to zero.
+    differences.extend(crate::audit::double_entry::differences(pool, account_id_filter).await?);
+    let mut unbalanced = Vec::new();
+    if account.is_none() {
+        for currency in crate::app::queries::trial_balance(pool).await?.currencies {
+            if currency.sum_cents != 0 {
+                unbalanced.push(currency);
+            }
+        }
+    }
+    for currency in &unbalanced {
+        println!(
+            "DRIFT trial balance {}: customers {} + settlement {} + clearing {} + in flight {} = {}, not 0",
+            currency.currency,
+            currency.customers_cents,
+            currency.settlement_cents,
+            currency.clearing_cents,
+            currency.in_flight_cents,
+            currency.sum_cents
+        );
+    }
     for difference in &differences {
         println!(
             "DRIFT account {} iban {} position {}: {}",
@@ -43,7 +69,7 @@ pub(super) async fn audit(pool: &PgPool, account: Option<&str>) -> anyhow::Resul
         accounts.len(),
         differences.len()
     );
-    Ok(if differences.is_empty() {
+    Ok(if differences.is_empty() && unbalanced.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

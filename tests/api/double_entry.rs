@@ -264,3 +264,65 @@ async fn the_trial_balance_sums_to_zero_in_flight_and_after() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 403);
 }
+
+/// A credit removed behind the database's back (triggers off), with the
+/// projections made to agree with the shortened stream so that only double
+/// entry can tell: `ledger audit` exits 1 naming the transfer never
+/// credited and the unbalanced books, and the payer's audit is inconsistent.
+#[tokio::test]
+async fn the_audit_catches_a_removed_credit() {
+    let app = TestApp::spawn().await;
+    app.acme_with(100_000).await;
+    open(&app, "Globex GmbH", GLOBEX_IBAN, "COBADEFFXXX", "EUR").await;
+    let (status, booked) = app
+        .post(
+            "/v1/transfer/bulk",
+            &bulk(vec![pay(GLOBEX_IBAN, "Globex GmbH", "250.00", "EUR")]),
+        )
+        .await;
+    assert_eq!(status, 201, "{booked}");
+    eventually(&app, GLOBEX_IBAN, "the credit", |a| a["balance_cents"] == 25_000).await;
+    let env = [("DATABASE_URL", app.db.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let output = run_ledger(&["audit"], &env);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+
+    let mut tx = app.pool.begin().await.unwrap();
+    for statement in [
+        "SET LOCAL session_replication_role = replica",
+        "DELETE FROM events WHERE event_type = 'TransferReceived'",
+        "DELETE FROM transactions WHERE kind = 'transfer_received'",
+        "UPDATE balances b SET balance_cents = 0, version = 1, \
+             last_position = (SELECT position FROM events e WHERE e.stream_id = b.account_id AND e.version = 1) \
+         WHERE iban = 'DE89370400440532013000'",
+    ] {
+        sqlx::query(statement).execute(&mut *tx).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let output = run_ledger(&["audit"], &env);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let transfer_id = booked["transfer_ids"][0].as_str().unwrap();
+    assert!(
+        stdout.contains(&format!(
+            "transfer {transfer_id} to {GLOBEX_IBAN}, an account of this ledger, was never credited or returned"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("DRIFT trial balance EUR"), "{stdout}");
+    let (_, audit) = app.get(&format!("/v1/accounts/{ACME_IBAN}/audit")).await;
+    assert_eq!(audit["consistent"], false, "{audit}");
+    let (_, globex) = app.get(&format!("/v1/accounts/{GLOBEX_IBAN}/audit")).await;
+    assert_eq!(
+        globex["consistent"], true,
+        "the payee's own stream still agrees: {globex}"
+    );
+    let sum = currency(&trial_balance(&app).await, "EUR")["sum_cents"].clone();
+    assert_eq!(sum, -25_000);
+}
