@@ -326,3 +326,172 @@ async fn the_audit_catches_a_removed_credit() {
     let sum = currency(&trial_balance(&app).await, "EUR")["sum_cents"].clone();
     assert_eq!(sum, -25_000);
 }
+
+/// A German IBAN with valid check digits for account `number`.
+fn german_iban(number: u64) -> String {
+    let bban = format!("37040044{number:010}");
+    let digits = format!("{bban}131400");
+    let remainder = digits.bytes().fold(0u32, |n, d| (n * 10 + u32::from(d - b'0')) % 97);
+    format!("DE{:02}{bban}", 98 - remainder)
+}
+
+/// 20 accounts pay each other at random: 400 bulks from 16 clients, spread
+/// over two servers on one database (both run the posting process). One
+/// server is SIGKILLed midway and started again. Once the posting process
+/// has caught up, every acknowledged transfer is credited exactly once,
+/// the trial balance sums to zero, and `ledger audit` exits 0.
+#[tokio::test]
+async fn on_us_credits_are_exactly_once_across_kill_9_and_two_servers() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let db = TestDb::new().await;
+    let url = db.url();
+    let env = [("DATABASE_URL", url.as_str())];
+    let mut first = Binary::serve(&env);
+    let second = Binary::serve(&env);
+    let accounts: Vec<String> = (0..20).map(|n| german_iban(1_000 + n)).collect();
+    for (n, iban) in accounts.iter().enumerate() {
+        let response = first
+            .client
+            .post(format!("{}/v1/accounts", first.base))
+            .json(&json!({"organization_name": format!("Org {n}"), "iban": iban, "bic": "COBADEFFXXX"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+        let response = first
+            .client
+            .post(format!("{}/v1/accounts/{iban}/deposits", first.base))
+            .json(&json!({"amount": "10000.00"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+    }
+
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for worker in 0..16_u64 {
+        let bases = [first.base.clone(), second.base.clone()];
+        let clients = [first.client.clone(), second.client.clone()];
+        let (accounts, acknowledged) = (accounts.clone(), Arc::clone(&acknowledged));
+        workers.push(tokio::spawn(async move {
+            let mut ids: Vec<String> = Vec::new();
+            for round in 0..25_u64 {
+                // A fixed pseudo-random walk per worker: reproducible.
+                let seed = worker * 1_000 + round;
+                let payer = (seed * 7 % 20) as usize;
+                let transfers: Vec<Value> = (0..(seed % 3 + 1))
+                    .map(|k| {
+                        let payee = (payer + 1 + ((seed + k) * 13 % 19) as usize) % 20;
+                        pay(
+                            &accounts[payee],
+                            &format!("Org {payee}"),
+                            &format!("{}.00", k + 1),
+                            "EUR",
+                        )
+                    })
+                    .collect();
+                let body = json!({"organization_name": format!("Org {payer}"), "organization_bic": "COBADEFFXXX",
+                                  "organization_iban": accounts[payer], "credit_transfers": transfers});
+                let side = (seed % 2) as usize;
+                let response = clients[side]
+                    .post(format!("{}/v1/transfer/bulk", bases[side]))
+                    .json(&body)
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
+                if let Ok(response) = response
+                    && response.status().as_u16() == 201
+                    && let Ok(booked) = response.json::<Value>().await
+                {
+                    acknowledged.fetch_add(1, Ordering::Relaxed);
+                    ids.extend(
+                        booked["transfer_ids"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|id| id.as_str().unwrap().to_owned()),
+                    );
+                }
+            }
+            ids
+        }));
+    }
+    // Midway: SIGKILL the first server, then start it again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acknowledged.load(Ordering::Relaxed) < 120 {
+        assert!(Instant::now() < deadline, "the load never got going");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.child.kill().expect("SIGKILL the first server");
+    let _ = first.child.wait();
+    let restarted = Binary::serve(&env);
+    let mut transfer_ids = Vec::new();
+    for worker in workers {
+        transfer_ids.extend(worker.await.unwrap());
+    }
+    assert!(
+        transfer_ids.len() > 150,
+        "enough transfers were acknowledged: {}",
+        transfer_ids.len()
+    );
+
+    let pool = db.pool().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, lag) = ledger::posting::lag(&pool).await.unwrap();
+        if lag == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the posting process never caught up ({lag} behind)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let credits: std::collections::HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "SELECT data->>'transfer_id', count(*) FROM events WHERE event_type = 'TransferReceived' GROUP BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    for id in &transfer_ids {
+        assert_eq!(
+            credits.get(id),
+            Some(&1),
+            "acknowledged transfer {id} is credited exactly once"
+        );
+    }
+    let returns: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'TransferReturned'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(returns, 0, "every payee holds euros");
+    let response = restarted
+        .client
+        .get(format!("{}/v1/ledger/trial-balance", restarted.base))
+        .send()
+        .await
+        .unwrap();
+    let (_, balance) = into_parts(response).await;
+    let eur = currency(&balance, "EUR");
+    assert_eq!(eur["sum_cents"], 0, "{balance}");
+    assert_eq!(eur["in_flight_cents"], 0, "{balance}");
+    assert_eq!(
+        eur["customers_cents"],
+        20 * 1_000_000,
+        "no money created or lost: {balance}"
+    );
+    let output = run_ledger(&["audit"], &[("DATABASE_URL", &url)]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    drop(second);
+}
