@@ -15,3 +15,8 @@ INSERT INTO process_checkpoints (name) VALUES ('posting');
 -- credit or return in the whole log, whatever any process does.
 CREATE UNIQUE INDEX events_transfer_leg_key ON events ((data->>'transfer_id'))
     WHERE event_type IN ('TransferReceived', 'TransferReturned');
+
+-- Read your writes (SPEC §9): a command's answer carries the log position
+-- of its last event; a replay answers the same, so the position is kept
+-- with the recorded answer (taken from the events the append inserted).
+ALTER TABLE idempotency_keys ADD COLUMN position bigint;

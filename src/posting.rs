@@ -108,6 +108,21 @@ struct Pending {
 /// when caught up, or when another server holds the checkpoint); `None`
 /// when a stream moved meanwhile and the page must be decided again.
 async fn post_page(pool: &PgPool) -> Result<Option<Page>, AppError> {
+    // Look before locking: an idle poll then reads one row and writes
+    // nothing (taking the row lock would give every poll a transaction id,
+    // and on a cluster with synchronous replication a commit to wait for).
+    let unlocked: (i64, i64) =
+        sqlx::query_as("SELECT checkpoint_tx, checkpoint_position FROM process_checkpoints WHERE name = $1")
+            .bind(NAME)
+            .fetch_one(pool)
+            .await?;
+    let peek = FeedCursor {
+        tx: unlocked.0,
+        position: unlocked.1,
+    };
+    if event_store::read_feed(pool, peek, 1).await?.is_empty() {
+        return Ok(Some(Page::default()));
+    }
     let mut tx = pool.begin().await?;
     let checkpoint: Option<(i64, i64)> = sqlx::query_as(
         "SELECT checkpoint_tx, checkpoint_position FROM process_checkpoints WHERE name = $1 FOR UPDATE SKIP LOCKED",

@@ -88,18 +88,40 @@ pub(crate) fn record_of(decision: &Decision) -> (u16, String) {
     }
 }
 
-/// A recorded decision read back, for a replay.
-pub(crate) fn decision_of(kind: CommandKind, status: u16, body: &str) -> Result<Decision, AppError> {
+impl CommandView {
+    /// The view with the log position of its command's last event (known
+    /// once the append has run; not part of the recorded JSON).
+    pub(crate) fn at_position(&mut self, position: i64) {
+        match self {
+            CommandView::Account(view) => view.position = Some(position),
+            CommandView::Deposit(view) => view.position = Some(position),
+            CommandView::Bulk(view) => view.position = Some(position),
+        }
+    }
+}
+
+/// A recorded decision read back, for a replay, with the position recorded
+/// beside it.
+pub(crate) fn decision_of(
+    kind: CommandKind,
+    status: u16,
+    body: &str,
+    position: Option<i64>,
+) -> Result<Decision, AppError> {
     let unreadable =
         |error: serde_json::Error| AppError::Internal(anyhow::anyhow!("unreadable recorded answer: {error}"));
     if !(200..300).contains(&status) {
         return Ok(Err(serde_json::from_str::<Problem>(body).map_err(unreadable)?));
     }
-    Ok(Ok(match kind {
+    let mut view = match kind {
         CommandKind::OpenAccount => CommandView::Account(serde_json::from_str(body).map_err(unreadable)?),
         CommandKind::Deposit => CommandView::Deposit(serde_json::from_str(body).map_err(unreadable)?),
         CommandKind::TransferBulk => CommandView::Bulk(serde_json::from_str(body).map_err(unreadable)?),
-    }))
+    };
+    if let Some(position) = position {
+        view.at_position(position);
+    }
+    Ok(Ok(view))
 }
 
 impl Outcome<CommandView> {
@@ -186,6 +208,7 @@ impl Ledger {
                 balance: format_amount(account.balance_cents, account.currency),
                 balance_cents: account.balance_cents,
                 version: account.version,
+                position: None,
             })))
         });
         self.execute(ctx, iban, fingerprint, command, render)
@@ -275,6 +298,7 @@ fn render_bulk(state: Option<&Account>, events: &[Event]) -> Result<Decision, Ap
             balance_after: format_amount(*balance_after_cents, *currency),
             balance_after_cents: *balance_after_cents,
             version: account.version,
+            position: None,
         }))),
         [
             Event::BulkTransferRejected {

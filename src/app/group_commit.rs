@@ -340,6 +340,9 @@ impl GroupCommit {
 
         let mut outcomes: Vec<Option<Answer>> = (0..group.len()).map(|_| None).collect();
         let mut events: Vec<NewEvent> = Vec::new();
+        // Each appending command's last event, as an offset into `events`:
+        // its position goes into the command's answer once appended.
+        let mut last_events: Vec<Option<usize>> = vec![None; group.len()];
         let mut records: Vec<IdempotencyRecord> = Vec::new();
         // A key seen earlier in this batch: (index of its first command, request hash).
         let mut batch_keys: HashMap<&IdempotencyKey, (usize, [u8; 32])> = HashMap::new();
@@ -389,6 +392,7 @@ impl GroupCommit {
                 event,
                 metadata: metadata.clone(),
             }));
+            last_events[index] = events.len().checked_sub(1);
             if let Some((key, hash)) = &pending.idempotency {
                 // Recorded only when a key may ask for it again.
                 let (status, body) = record_of(&decision);
@@ -398,6 +402,7 @@ impl GroupCommit {
                     request_hash: *hash,
                     response_status: status,
                     response_body: body,
+                    last_version: head.version + events.len() as i64,
                 });
                 batch_keys.insert(key, (index, *hash));
             }
@@ -413,7 +418,7 @@ impl GroupCommit {
             // connection (nothing sent: safe to retry) is never taken for
             // a connection lost in flight (outcome unknown).
             let mut connection = self.pool.acquire().await.map_err(AppError::from)?;
-            event_store::append(
+            let appended = event_store::append(
                 &mut *connection,
                 account_id_for(iban),
                 head,
@@ -421,8 +426,15 @@ impl GroupCommit {
                 Utc::now(),
                 &records,
             )
-            .await?
-            .head
+            .await?;
+            for (outcome, last) in outcomes.iter_mut().zip(&last_events) {
+                if let (Some(Ok(Outcome { result: Ok(view), .. })), Some(last)) = (outcome, last)
+                    && let Some(position) = appended.positions.get(*last)
+                {
+                    view.at_position(*position);
+                }
+            }
+            appended.head
         };
         if let Some(account) = &state {
             *self.stripes[index].last.lock().expect("cache lock") = Some((iban.clone(), account.clone(), head));
@@ -520,7 +532,7 @@ impl From<AppError> for BatchError {
 fn replay(kind: CommandKind, recorded: &Recorded, hash: &[u8; 32]) -> Answer {
     if recorded.request_hash == hash.as_slice() {
         Ok(Outcome {
-            result: decision_of(kind, recorded.status, &recorded.body)?,
+            result: decision_of(kind, recorded.status, &recorded.body, recorded.position)?,
             replayed: true,
         })
     } else {

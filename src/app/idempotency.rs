@@ -50,20 +50,24 @@ pub struct Recorded {
     pub request_hash: Vec<u8>,
     pub status: u16,
     pub body: String,
+    /// The log position of the command's last event.
+    pub position: Option<i64>,
 }
 
 pub async fn lookup(pool: &PgPool, key: &IdempotencyKey) -> Result<Option<Recorded>, sqlx::Error> {
-    let row: Option<(Vec<u8>, i16, String)> = sqlx::query_as(
-        "SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE scope = $1 AND key = $2",
+    let row: Option<(Vec<u8>, i16, String, Option<i64>)> = sqlx::query_as(
+        "SELECT request_hash, response_status, response_body, position FROM idempotency_keys \
+         WHERE scope = $1 AND key = $2",
     )
     .bind(key.scope())
     .bind(key.as_str())
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(request_hash, status, body)| Recorded {
+    Ok(row.map(|(request_hash, status, body, position)| Recorded {
         request_hash,
         status: status as u16,
         body,
+        position,
     }))
 }
 
@@ -72,8 +76,17 @@ pub async fn lookup_many(
     pool: &PgPool,
     keys: &[&IdempotencyKey],
 ) -> Result<std::collections::HashMap<IdempotencyKey, Recorded>, sqlx::Error> {
-    let rows: Vec<(String, String, Vec<u8>, i16, String)> = sqlx::query_as(
-        "SELECT k.scope, k.key, k.request_hash, k.response_status, k.response_body \
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        scope: String,
+        key: String,
+        request_hash: Vec<u8>,
+        response_status: i16,
+        response_body: String,
+        position: Option<i64>,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT k.scope, k.key, k.request_hash, k.response_status, k.response_body, k.position \
          FROM idempotency_keys k JOIN unnest($1::text[], $2::text[]) AS wanted(scope, key) USING (scope, key)",
     )
     .bind(keys.iter().map(|k| k.scope()).collect::<Vec<_>>())
@@ -82,13 +95,17 @@ pub async fn lookup_many(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(scope, key, request_hash, status, body)| {
+        .map(|row| {
             (
-                IdempotencyKey { scope, key },
+                IdempotencyKey {
+                    scope: row.scope,
+                    key: row.key,
+                },
                 Recorded {
-                    request_hash,
-                    status: status as u16,
-                    body,
+                    request_hash: row.request_hash,
+                    status: row.response_status as u16,
+                    body: row.response_body,
+                    position: row.position,
                 },
             )
         })

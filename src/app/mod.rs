@@ -74,6 +74,9 @@ pub struct Settings {
     pub group_commit: GroupCommitSettings,
     /// How long an idempotency key is remembered (SPEC §2.4: at least 24 h).
     pub idempotency_ttl: std::time::Duration,
+    /// How long a query with `min_position` waits for it to be reflected
+    /// before answering 503 (`LEDGER_MIN_POSITION_WAIT_MS`).
+    pub min_position_wait: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -84,6 +87,7 @@ impl Default for Settings {
             limits: Limits::default(),
             group_commit: GroupCommitSettings::default(),
             idempotency_ttl: std::time::Duration::from_secs(168 * 3600),
+            min_position_wait: std::time::Duration::from_millis(5_000),
         }
     }
 }

@@ -84,6 +84,23 @@ pub fn parse_feed_cursor(text: Option<&str>) -> Result<FeedCursor, FieldError> {
     }
 }
 
+/// `min_position`: the answer must reflect the command that returned this
+/// log position, and what the posting process made of it (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinPosition(pub i64);
+
+impl MinPosition {
+    pub fn parse(text: Option<&str>) -> Result<Option<MinPosition>, FieldError> {
+        match text {
+            None => Ok(None),
+            Some(text) => match text.parse::<i64>() {
+                Ok(n) if n >= 0 => Ok(Some(MinPosition(n))),
+                _ => Err(FieldError::new("min_position", "must be a non-negative integer")),
+            },
+        }
+    }
+}
+
 /// The point a balance is replayed to: a time, or a global position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PointInTime {

@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::auth::{Action, Principal};
-use super::params::{HistoryCursor, PageSize, PointInTime};
+use super::params::{HistoryCursor, MinPosition, PageSize, PointInTime};
 use super::problems::{AppError, account_not_found};
 use super::views::{
     AccountView, CurrencyTrialBalance, FeedEventView, FeedPage, PointInTimeView, TransactionPage, TransactionView,
@@ -17,7 +17,7 @@ use super::views::{
 use super::{Ledger, account_id_for};
 use crate::domain::{Account, Bic, Currency, Iban, IbanCheck, format_amount};
 use crate::event_store::{self, FeedCursor, StreamHead};
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemType};
 
 /// A `balances` row as stored: raw values, so that the audit can report a
 /// corrupt row as a difference; [`BalanceRow::into_state`] parses it.
@@ -409,7 +409,47 @@ pub async fn trial_balance(pool: &PgPool) -> Result<TrialBalanceView, sqlx::Erro
     })
 }
 
+/// How often a `min_position` wait looks again.
+const POSITION_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 impl Ledger {
+    /// Read your writes (SPEC §9): returns once the log position `min` is
+    /// reflected — its event committed and passed by the posting process
+    /// (so the credits and returns of a bulk are in too, and everything
+    /// before it in the feed) — or a 503 after `min_position_wait`. The
+    /// inline projections need nothing more: they commit with the events.
+    /// Front ends call it before a query that was given `min_position`.
+    pub async fn reflect(&self, min: Option<MinPosition>) -> Result<(), AppError> {
+        let Some(MinPosition(position)) = min else {
+            return Ok(());
+        };
+        let deadline = std::time::Instant::now() + self.settings().min_position_wait;
+        loop {
+            let reached: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM events e, process_checkpoints c \
+                 WHERE c.name = 'posting' AND e.position = $1 \
+                   AND (e.tx_id, e.position) <= (c.checkpoint_tx::text::xid8, c.checkpoint_position))",
+            )
+            .bind(position)
+            .fetch_one(self.pool())
+            .await?;
+            if reached {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Problem::new(
+                    ProblemType::Unavailable,
+                    format!(
+                        "position {position} is not reflected yet after {} ms; nothing was changed, retry later",
+                        self.settings().min_position_wait.as_millis()
+                    ),
+                )
+                .into());
+            }
+            tokio::time::sleep(POSITION_POLL).await;
+        }
+    }
+
     /// The trial balance (SPEC §9): admin only.
     pub async fn trial_balance(&self, principal: &Principal) -> Result<TrialBalanceView, AppError> {
         principal.authorize(Action::ReadLedger)?;

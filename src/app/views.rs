@@ -51,6 +51,10 @@ pub struct DepositView {
     pub balance: String,
     pub balance_cents: i64,
     pub version: i64,
+    /// The log position of the command's last event: pass it as
+    /// `min_position` to read this write back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<i64>,
 }
 
 /// Deserializable too: a recorded (idempotent) response is read back for gRPC.
@@ -67,6 +71,10 @@ pub struct BulkTransferView {
     pub balance_after: String,
     pub balance_after_cents: i64,
     pub version: i64,
+    /// The log position of the command's last event: pass it as
+    /// `min_position` to read this write back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

@@ -51,6 +51,10 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "LEDGER_IDEMPOTENCY_TTL_HOURS", default_value_t = 168,
           value_parser = clap::value_parser!(u64).range(crate::app::idempotency::TTL_HOURS_MIN..=87_600))]
     idempotency_ttl_hours: u64,
+    /// Milliseconds a query with `min_position` waits for that position to be reflected before a 503.
+    #[arg(long, env = "LEDGER_MIN_POSITION_WAIT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    min_position_wait_ms: u64,
     /// Microseconds a batch leader on a contended account waits for more commands (0: never wait).
     #[arg(long, env = "LEDGER_BATCH_WAIT_US", default_value_t = GroupCommitSettings::default().batch_wait.as_micros() as u64,
           value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
@@ -93,6 +97,7 @@ pub(super) async fn run(pool: PgPool, base: Settings, args: ServeArgs, embedded:
             batch_wait: Duration::from_micros(args.batch_wait_us),
         },
         idempotency_ttl: Duration::from_secs(args.idempotency_ttl_hours * 3600),
+        min_position_wait: Duration::from_millis(args.min_position_wait_ms),
         ..base
     };
     let ledger = Arc::new(Ledger::new(pool, settings));

@@ -36,6 +36,9 @@ pub struct IdempotencyRecord {
     pub request_hash: [u8; 32],
     pub response_status: u16,
     pub response_body: String,
+    /// The version of the command's last event in this append: its
+    /// position is recorded with the answer.
+    pub last_version: i64,
 }
 
 /// Where a stream stood when the command was decided.
@@ -52,10 +55,12 @@ impl StreamHead {
     };
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
     pub first_position: i64,
     pub last_position: i64,
+    /// Each appended event's position, in version order.
+    pub positions: Vec<i64>,
     pub head: StreamHead,
 }
 
@@ -123,9 +128,10 @@ WITH ins AS (
     FROM unnest($2::bigint[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[], $8::bytea[]) AS u(v, t, s, d, m, h)
     RETURNING *
 ), idem AS (
-    INSERT INTO idempotency_keys (scope, key, request_hash, stream_id, response_status, response_body)
-    SELECT c, k, h, $1, s, b
-    FROM unnest($13::text[], $9::text[], $10::bytea[], $11::int2[], $12::text[]) AS i(c, k, h, s, b)
+    INSERT INTO idempotency_keys (scope, key, request_hash, stream_id, response_status, response_body, position)
+    SELECT c, k, h, $1, s, b, (SELECT ins.position FROM ins WHERE ins.version = lv)
+    FROM unnest($13::text[], $9::text[], $10::bytea[], $11::int2[], $12::text[], $14::bigint[])
+         AS i(c, k, h, s, b, lv)
     RETURNING 1
 ), proj AS (
     SELECT projection_balances_apply(batch) AS balances, projection_transactions_apply(batch) AS transactions
@@ -133,6 +139,7 @@ WITH ins AS (
 )
 SELECT (SELECT min(position) FROM ins) AS first_position,
        (SELECT max(position) FROM ins) AS last_position,
+       (SELECT array_agg(position ORDER BY version) FROM ins) AS positions,
        (SELECT count(*) FROM idem) AS keys,
        (SELECT balances + transactions FROM proj) AS projected
 "#;
@@ -164,7 +171,13 @@ pub async fn append<'e, E: sqlx::PgExecutor<'e>>(
         hashes,
         head: new_head,
     } = chain(stream_id, head, events, recorded_at);
-    let row: (Option<i64>, Option<i64>, i64, Option<i64>) = sqlx::query_as(APPEND_SQL)
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        first_position: Option<i64>,
+        last_position: Option<i64>,
+        positions: Option<Vec<i64>>,
+    }
+    let row: Row = sqlx::query_as(APPEND_SQL)
         .bind(stream_id)
         .bind(&versions)
         .bind(&types)
@@ -178,15 +191,17 @@ pub async fn append<'e, E: sqlx::PgExecutor<'e>>(
         .bind(idempotency.iter().map(|i| i.response_status as i16).collect::<Vec<_>>())
         .bind(idempotency.iter().map(|i| i.response_body.as_str()).collect::<Vec<_>>())
         .bind(idempotency.iter().map(|i| i.scope.as_str()).collect::<Vec<_>>())
+        .bind(idempotency.iter().map(|i| i.last_version).collect::<Vec<_>>())
         .fetch_one(executor)
         .await
         .map_err(classify)?;
-    let (Some(first_position), Some(last_position)) = (row.0, row.1) else {
+    let (Some(first_position), Some(last_position)) = (row.first_position, row.last_position) else {
         unreachable!("an append of {} events returned no positions", events.len());
     };
     Ok(Appended {
         first_position,
         last_position,
+        positions: row.positions.unwrap_or_default(),
         head: new_head,
     })
 }

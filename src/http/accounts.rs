@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 
 use super::{ApiError, AppState, QueryMap, command_input, command_response, ok_json, query_map};
 use crate::app::auth::{Action, Principal};
-use crate::app::params::{HistoryCursor, PageSize, PointInTime};
+use crate::app::params::{HistoryCursor, MinPosition, PageSize, PointInTime};
 use crate::app::requests::{parse_deposit, parse_open_account};
 use crate::app::views::{AccountView, DepositView, PointInTimeView, TransactionPage};
 use crate::audit::StreamAudit;
@@ -94,7 +94,8 @@ pub async fn deposit(
 #[utoipa::path(
     get, path = "/v1/accounts/{iban}", tag = "queries",
     params(
-        ("iban" = String, Path, description = "The account's IBAN (spaces and lower case tolerated)", example = "DE89370400440532013000")
+        ("iban" = String, Path, description = "The account's IBAN (spaces and lower case tolerated)", example = "DE89370400440532013000"),
+        ("min_position" = Option<i64>, Query, description = "Answer only once this log position (a command's `position`) and its credits are reflected; 503 after LEDGER_MIN_POSITION_WAIT_MS")
     ),
     responses(
         (status = 200, description = "The account", body = AccountView),
@@ -106,8 +107,12 @@ pub async fn get(
     State(ledger): State<AppState>,
     Extension(principal): Extension<Principal>,
     iban: IbanPath,
+    query: QueryMap,
 ) -> Result<Response, ApiError> {
     let iban = ledger.lookup_iban(&path_iban(iban)?, "iban")?;
+    let query = query_map(query)?;
+    let min = MinPosition::parse(query.get("min_position").map(String::as_str)).map_err(invalid)?;
+    ledger.reflect(min).await?;
     Ok(ok_json(&ledger.account(&principal, &iban).await?))
 }
 
@@ -117,7 +122,8 @@ pub async fn get(
     params(
         ("iban" = String, Path, description = "The account's IBAN (spaces and lower case tolerated)", example = "DE89370400440532013000"),
         ("limit" = Option<u32>, Query, description = "Page size, 1 to 1,000 (default 50)"),
-        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page")
+        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page"),
+        ("min_position" = Option<i64>, Query, description = "Answer only once this log position and its credits are reflected")
     ),
     responses(
         (status = 200, description = "A page of history", body = TransactionPage),
@@ -136,13 +142,15 @@ pub async fn transactions(
     // Both parameters are checked before either is reported.
     let limit = PageSize::parse(query.get("limit").map(String::as_str), &ledger.settings().limits);
     let cursor = query.get("cursor").map(|text| HistoryCursor::parse(text)).transpose();
-    let (limit, cursor) = match (limit, cursor) {
-        (Ok(limit), Ok(cursor)) => (limit, cursor),
-        (limit, cursor) => {
-            let errors = [limit.err(), cursor.err()].into_iter().flatten().collect();
+    let min = MinPosition::parse(query.get("min_position").map(String::as_str));
+    let (limit, cursor, min) = match (limit, cursor, min) {
+        (Ok(limit), Ok(cursor), Ok(min)) => (limit, cursor, min),
+        (limit, cursor, min) => {
+            let errors = [limit.err(), cursor.err(), min.err()].into_iter().flatten().collect();
             return Err(Problem::validation(errors).into());
         }
     };
+    ledger.reflect(min).await?;
     Ok(ok_json(&ledger.transactions(&principal, &iban, limit, cursor).await?))
 }
 
@@ -152,7 +160,8 @@ pub async fn transactions(
     params(
         ("iban" = String, Path, description = "The account's IBAN (spaces and lower case tolerated)", example = "DE89370400440532013000"),
         ("as_of" = Option<String>, Query, description = "RFC 3339 time", example = "2026-11-24T12:00:00Z"),
-        ("position" = Option<i64>, Query, description = "Global log position (give as_of or position)")
+        ("position" = Option<i64>, Query, description = "Global log position (give as_of or position)"),
+        ("min_position" = Option<i64>, Query, description = "Answer only once this log position and its credits are reflected")
     ),
     responses(
         (status = 200, description = "The replayed balance", body = PointInTimeView),
@@ -171,8 +180,17 @@ pub async fn balance_at(
     let at = PointInTime::parse(
         query.get("as_of").map(String::as_str),
         query.get("position").map(String::as_str),
-    )
-    .map_err(Problem::validation)?;
+    );
+    let min = MinPosition::parse(query.get("min_position").map(String::as_str));
+    let (at, min) = match (at, min) {
+        (Ok(at), Ok(min)) => (at, min),
+        (at, min) => {
+            let mut errors = at.err().unwrap_or_default();
+            errors.extend(min.err());
+            return Err(Problem::validation(errors).into());
+        }
+    };
+    ledger.reflect(min).await?;
     Ok(ok_json(&ledger.balance_at(&principal, &iban, at).await?))
 }
 
@@ -195,6 +213,11 @@ pub async fn audit(
     principal.authorize(Action::Audit)?;
     let iban = ledger.lookup_iban(&path_iban(iban)?, "iban")?;
     Ok(ok_json(&ledger.audit(&principal, &iban).await?))
+}
+
+/// One invalid query parameter as a 400.
+fn invalid(error: crate::problem::FieldError) -> ApiError {
+    Problem::validation(vec![error]).into()
 }
 
 /// The `{iban}` path segment; a segment that is not UTF-8 is a 400 problem

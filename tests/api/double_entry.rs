@@ -495,3 +495,101 @@ async fn on_us_credits_are_exactly_once_across_kill_9_and_two_servers() {
     );
     drop(second);
 }
+
+/// Read your writes (SPEC §9): a command's 201 carries the log position of
+/// its event; a query given it as `min_position` answers only once the
+/// posting process has credited the payee, so the payee's balance, history
+/// and the trial balance read right away show the credit. Held back, the
+/// wait ends in a 503 after `min_position_wait`; a malformed value is a 400.
+#[tokio::test]
+async fn min_position_reads_the_credits_of_a_command_back() {
+    let app = TestApp::spawn_with(ledger::app::Settings {
+        min_position_wait: Duration::from_millis(300),
+        ..seed_settings()
+    })
+    .await;
+    app.acme_with(100_000).await;
+    open(&app, "Globex GmbH", GLOBEX_IBAN, "COBADEFFXXX", "EUR").await;
+    for round in 1..=5 {
+        let (status, booked) = app
+            .post(
+                "/v1/transfer/bulk",
+                &bulk(vec![pay(GLOBEX_IBAN, "Globex GmbH", "1.00", "EUR")]),
+            )
+            .await;
+        assert_eq!(status, 201, "{booked}");
+        let position = booked["position"]
+            .as_i64()
+            .expect("a command's 201 carries its position");
+        let (status, account) = app
+            .get(&format!("/v1/accounts/{GLOBEX_IBAN}?min_position={position}"))
+            .await;
+        assert_eq!(status, 200, "{account}");
+        assert_eq!(account["balance_cents"], 100 * round, "read your writes, round {round}");
+        let (_, page) = app
+            .get(&format!(
+                "/v1/accounts/{GLOBEX_IBAN}/transactions?min_position={position}"
+            ))
+            .await;
+        assert_eq!(page["items"].as_array().unwrap().len(), round as usize);
+        let (status, balance) = app
+            .get(&format!("/v1/ledger/trial-balance?min_position={position}"))
+            .await;
+        assert_eq!(status, 200, "{balance}");
+        assert_eq!(currency(&balance, "EUR")["in_flight_cents"], 0, "{balance}");
+    }
+
+    let mut hold = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM process_checkpoints WHERE name = 'posting' FOR UPDATE")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let (_, booked) = app
+        .post(
+            "/v1/transfer/bulk",
+            &bulk(vec![pay(GLOBEX_IBAN, "Globex GmbH", "1.00", "EUR")]),
+        )
+        .await;
+    let position = booked["position"].as_i64().unwrap();
+    let response = app
+        .client
+        .get(app.url(&format!("/v1/accounts/{GLOBEX_IBAN}?min_position={position}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().get("retry-after").is_some());
+    let (status, problem) = into_parts(response).await;
+    assert_eq!(status, 503, "{problem}");
+    assert_eq!(problem["type"], "/problems/unavailable", "{problem}");
+    hold.rollback().await.unwrap();
+    let (status, account) = app
+        .get(&format!("/v1/accounts/{GLOBEX_IBAN}?min_position={position}"))
+        .await;
+    assert_eq!(status, 200, "{account}");
+    assert_eq!(account["balance_cents"], 600);
+
+    let (status, problem) = app.get(&format!("/v1/accounts/{GLOBEX_IBAN}?min_position=soon")).await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "min_position");
+    // A replay answers the same position.
+    let response = app
+        .client
+        .post(app.url(&format!("/v1/accounts/{ACME_IBAN}/deposits")))
+        .header("Idempotency-Key", "position-replay")
+        .json(&json!({"amount": "1.00"}))
+        .send()
+        .await
+        .unwrap();
+    let (_, first) = into_parts(response).await;
+    let response = app
+        .client
+        .post(app.url(&format!("/v1/accounts/{ACME_IBAN}/deposits")))
+        .header("Idempotency-Key", "position-replay")
+        .json(&json!({"amount": "1.00"}))
+        .send()
+        .await
+        .unwrap();
+    let (_, again) = into_parts(response).await;
+    assert!(first["position"].as_i64().is_some(), "{first}");
+    assert_eq!(again, first);
+}

@@ -18,18 +18,21 @@ async fn events_of_type(connection: &mut PgConnection, event_type: &str) -> i64 
         .unwrap()
 }
 
-/// Waits (bounded) until a backend of `database` waits on `wait_event`, and
-/// returns its pid.
-async fn backend_waiting_on(admin: &mut PgConnection, database: &str, wait_event: &str) -> i32 {
+/// Waits (bounded) until a backend of `database` running a statement that
+/// contains `statement` waits on `wait_event`, and returns its pid.
+async fn backend_waiting_on(admin: &mut PgConnection, database: &str, wait_event: &str, statement: &str) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let pid: Option<i32> =
-            sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1 AND wait_event = $2 LIMIT 1")
-                .bind(database)
-                .bind(wait_event)
-                .fetch_optional(&mut *admin)
-                .await
-                .unwrap();
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND wait_event = $2 \
+             AND strpos(query, $3) > 0 LIMIT 1",
+        )
+        .bind(database)
+        .bind(wait_event)
+        .bind(statement)
+        .fetch_optional(&mut *admin)
+        .await
+        .unwrap();
         if let Some(pid) = pid {
             return pid;
         }
@@ -83,7 +86,9 @@ async fn a_connection_lost_during_commit_is_outcome_unknown_and_the_command_stan
             .json(&json!({"amount": "25.00", "reference": "commit in flight"}));
         tokio::spawn(async move { request.send().await })
     };
-    let pid = backend_waiting_on(&mut admin, "ledger", "SyncRep").await;
+    // The deposit's append (not a background task's commit, which waits
+    // there too).
+    let pid = backend_waiting_on(&mut admin, "ledger", "SyncRep", "INSERT INTO idempotency_keys").await;
     let terminated_at = Instant::now();
     let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
         .bind(pid)
@@ -163,7 +168,7 @@ async fn a_command_without_a_connection_in_time_is_unavailable_and_writes_nothin
         .await
         .unwrap();
     let held = tokio::spawn(client.get(format!("{}/v1/accounts/{ACME_IBAN}", server.base)).send());
-    backend_waiting_on(&mut admin, &db.name, "relation").await;
+    backend_waiting_on(&mut admin, &db.name, "relation", "balances").await;
 
     let started = Instant::now();
     let response = client
