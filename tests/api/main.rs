@@ -8,6 +8,7 @@ mod concurrency;
 mod containers;
 mod docs;
 mod double_entry;
+mod double_entry_property;
 mod event_store;
 mod fuzz;
 mod grpc;

@@ -1,6 +1,7 @@
-//! Property: for any sequence of commands, rebuilding the projections from
-//! the log gives exactly the tables the incremental (inline) path built,
-//! row for row — and the domain fold agrees with both.
+//! Property: for any sequence of commands (and the credits the posting
+//! process makes for them), rebuilding the projections from the log gives
+//! exactly the tables the incremental (inline) path built, row for row —
+//! and the domain fold agrees with both.
 
 use ledger::app::auth::Principal;
 use ledger::app::requests::{BulkTransferRequest, CreditTransferRequest, DepositRequest, OpenAccountRequest};
@@ -96,8 +97,11 @@ proptest! {
             for op in &ops {
                 apply(&ledger, op).await;
             }
-            // The asynchronous projection catches up the way the server's
-            // runner does, in batches from its checkpoint.
+            // The posting process credits the on-us transfers (the payees
+            // are the other accounts), then the asynchronous projection
+            // catches up the way the server's runner does, in batches from
+            // its checkpoint.
+            ledger::posting::catch_up(&pool).await.unwrap();
             ledger::projections::runner::catch_up(&pool).await.unwrap();
             let incremental = projection_rows(&pool).await;
             ledger::projections::rebuild(&pool, &[], |_| {}).await.unwrap();
