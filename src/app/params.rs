@@ -90,13 +90,20 @@ pub fn parse_feed_cursor(text: Option<&str>) -> Result<FeedCursor, FieldError> {
 pub struct MinPosition(pub i64);
 
 impl MinPosition {
+    /// A query string's `min_position`.
     pub fn parse(text: Option<&str>) -> Result<Option<MinPosition>, FieldError> {
         match text {
             None => Ok(None),
-            Some(text) => match text.parse::<i64>() {
-                Ok(n) if n >= 0 => Ok(Some(MinPosition(n))),
-                _ => Err(FieldError::new("min_position", "must be a non-negative integer")),
-            },
+            Some(text) => MinPosition::new(Some(text.parse::<i64>().unwrap_or(-1))),
+        }
+    }
+
+    /// A message's `min_position`.
+    pub fn new(position: Option<i64>) -> Result<Option<MinPosition>, FieldError> {
+        match position {
+            None => Ok(None),
+            Some(n) if n >= 0 => Ok(Some(MinPosition(n))),
+            Some(_) => Err(FieldError::new("min_position", "must be a non-negative integer")),
         }
     }
 }

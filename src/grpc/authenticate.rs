@@ -9,13 +9,14 @@ use crate::app::Ledger;
 use crate::problem::{Problem, ProblemType};
 
 /// The service's methods, for metric labels (never a client's free text).
-pub(super) const METHODS: [&str; 6] = [
+pub(super) const METHODS: [&str; 7] = [
     "TransferBulk",
     "OpenAccount",
     "Deposit",
     "GetAccount",
     "ListTransactions",
     "SubscribeEvents",
+    "GetTrialBalance",
 ];
 
 /// Authenticates every call to the ledger service before its message is

@@ -12,7 +12,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use super::pb;
-use crate::app::views::{AccountView, FeedEventView, TransactionView};
+use crate::app::views::{AccountView, FeedEventView, TransactionView, TrialBalanceView};
 use crate::app::{AppError, Outcome};
 use crate::problem::{Problem, ProblemType};
 
@@ -173,6 +173,24 @@ pub(super) fn account_message(view: AccountView, replayed: bool) -> pb::Account 
         version: view.version,
         position: view.position,
         replayed,
+    }
+}
+
+pub(super) fn trial_balance_message(view: TrialBalanceView) -> pb::TrialBalance {
+    pb::TrialBalance {
+        position: view.position,
+        currencies: view
+            .currencies
+            .into_iter()
+            .map(|c| pb::CurrencyTrialBalance {
+                currency: c.currency,
+                customers_cents: c.customers_cents,
+                settlement_cents: c.settlement_cents,
+                clearing_cents: c.clearing_cents,
+                in_flight_cents: c.in_flight_cents,
+                sum_cents: c.sum_cents,
+            })
+            .collect(),
     }
 }
 

@@ -25,13 +25,15 @@ use tracing::Instrument;
 
 use crate::app::auth::{Action, Principal};
 use crate::app::idempotency::IdempotencyKey;
-use crate::app::params::{HistoryCursor, PageSize, parse_feed_cursor};
+use crate::app::params::{HistoryCursor, MinPosition, PageSize, parse_feed_cursor};
 use crate::app::requests::{parse_bulk_transfer, parse_deposit, parse_open_account};
 use crate::app::views::{BulkTransferView, DepositView};
 use crate::app::{CommandContext, Ledger};
 use crate::problem::{FieldError, Problem, ProblemType};
 use authenticate::Authenticate;
-use convert::{account_message, bulk_body, command_result, put, put_optional, transaction_message};
+use convert::{
+    account_message, bulk_body, command_result, put, put_optional, transaction_message, trial_balance_message,
+};
 pub use convert::{bulk_request_from_json, code_of, status_of, status_of_problem};
 use subscription::Subscription;
 
@@ -247,6 +249,7 @@ impl LedgerService for GrpcApi {
                     balance_after_cents: view.balance_after_cents,
                     version: view.version,
                     replayed,
+                    position: view.position,
                 })
             },
         )
@@ -308,6 +311,7 @@ impl LedgerService for GrpcApi {
                 balance_cents: view.balance_cents,
                 version: view.version,
                 replayed,
+                position: view.position,
             })
         })
         .await
@@ -320,6 +324,8 @@ impl LedgerService for GrpcApi {
                 .ledger
                 .lookup_iban(&message.iban, "iban")
                 .map_err(|p| status_of_problem(&p, false))?;
+            let min = MinPosition::new(message.min_position).map_err(|error| invalid(vec![error]))?;
+            self.ledger.reflect(min).await.map_err(status_of)?;
             let view = self.ledger.account(&principal, &iban).await.map_err(status_of)?;
             Ok(account_message(view, false))
         })
@@ -339,10 +345,16 @@ impl LedgerService for GrpcApi {
             // Both parameters are checked before either is reported.
             let limit = PageSize::new(message.limit, &self.ledger.settings().limits);
             let cursor = message.cursor.as_deref().map(HistoryCursor::parse).transpose();
-            let (limit, cursor) = match (limit, cursor) {
-                (Ok(limit), Ok(cursor)) => (limit, cursor),
-                (limit, cursor) => return Err(invalid([limit.err(), cursor.err()].into_iter().flatten().collect())),
+            let min = MinPosition::new(message.min_position);
+            let (limit, cursor, min) = match (limit, cursor, min) {
+                (Ok(limit), Ok(cursor), Ok(min)) => (limit, cursor, min),
+                (limit, cursor, min) => {
+                    return Err(invalid(
+                        [limit.err(), cursor.err(), min.err()].into_iter().flatten().collect(),
+                    ));
+                }
             };
+            self.ledger.reflect(min).await.map_err(status_of)?;
             let page = self
                 .ledger
                 .transactions(&principal, &iban, limit, cursor)
@@ -352,6 +364,24 @@ impl LedgerService for GrpcApi {
                 items: page.items.into_iter().map(transaction_message).collect(),
                 next_cursor: page.next_cursor,
             })
+        })
+        .await
+    }
+
+    async fn get_trial_balance(
+        &self,
+        request: Request<pb::GetTrialBalanceRequest>,
+    ) -> Result<Response<pb::TrialBalance>, Status> {
+        let (metadata, extensions, message) = request.into_parts();
+        self.call("GetTrialBalance", &metadata, &extensions, |principal, _| async move {
+            let min = MinPosition::new(message.min_position).map_err(|error| invalid(vec![error]))?;
+            // The key's scope first: an account key learns nothing by waiting.
+            principal
+                .authorize(Action::ReadLedger)
+                .map_err(|p| status_of_problem(&p, false))?;
+            self.ledger.reflect(min).await.map_err(status_of)?;
+            let balance = self.ledger.trial_balance(&principal).await.map_err(status_of)?;
+            Ok(trial_balance_message(balance))
         })
         .await
     }

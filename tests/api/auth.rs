@@ -533,7 +533,10 @@ async fn no_key_or_secret_reaches_the_logs() {
         .await
         .unwrap();
     for key in [&admin, &wrong] {
-        let mut request = tonic::Request::new(ledger::grpc::pb::GetAccountRequest { iban: ACME_IBAN.into() });
+        let mut request = tonic::Request::new(ledger::grpc::pb::GetAccountRequest {
+            iban: ACME_IBAN.into(),
+            min_position: None,
+        });
         request
             .metadata_mut()
             .insert("authorization", format!("Bearer {key}").parse().unwrap());

@@ -97,7 +97,13 @@ impl Fixture {
     async fn balance(&mut self) -> i64 {
         let account = self
             .client
-            .get_account(with_key(pb::GetAccountRequest { iban: ACME_IBAN.into() }, &self.key))
+            .get_account(with_key(
+                pb::GetAccountRequest {
+                    iban: ACME_IBAN.into(),
+                    min_position: None,
+                },
+                &self.key,
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -128,6 +134,7 @@ async fn sample1_over_grpc_books_three_transfers() {
                 iban: ACME_IBAN.into(),
                 limit: Some(2),
                 cursor: None,
+                min_position: None,
             },
             &f.key,
         ))
@@ -257,6 +264,7 @@ async fn bad_input_unknown_accounts_and_wrong_keys_have_their_codes() {
         .get_account(with_key(
             pb::GetAccountRequest {
                 iban: "GB82WEST12345698765432".into(),
+                min_position: None,
             },
             &f.key,
         ))
@@ -281,13 +289,22 @@ async fn bad_input_unknown_accounts_and_wrong_keys_have_their_codes() {
     // No key, a wrong key, an account key out of its scope.
     let status = f
         .client
-        .get_account(pb::GetAccountRequest { iban: ACME_IBAN.into() })
+        .get_account(pb::GetAccountRequest {
+            iban: ACME_IBAN.into(),
+            min_position: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     let status = f
         .client
-        .get_account(with_key(pb::GetAccountRequest { iban: ACME_IBAN.into() }, "ldgr_nope"))
+        .get_account(with_key(
+            pb::GetAccountRequest {
+                iban: ACME_IBAN.into(),
+                min_position: None,
+            },
+            "ldgr_nope",
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
@@ -339,7 +356,13 @@ async fn bad_input_unknown_accounts_and_wrong_keys_have_their_codes() {
     assert_eq!(status.code(), Code::Unauthenticated);
     let status = f
         .client
-        .get_account(with_key(pb::GetAccountRequest { iban: other.into() }, &account_key))
+        .get_account(with_key(
+            pb::GetAccountRequest {
+                iban: other.into(),
+                min_position: None,
+            },
+            &account_key,
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -846,4 +869,105 @@ async fn the_same_command_over_http_and_grpc_replays_however_it_is_spelled() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 409);
+}
+
+/// gRPC parity for double entry (SPEC §9): a bulk's response carries its
+/// position, GetAccount with that `min_position` sees the payee credited,
+/// GetTrialBalance sums to zero, and an account key may not read it.
+#[tokio::test]
+async fn grpc_reads_its_writes_and_the_trial_balance() {
+    let mut f = funded(100_000).await;
+    let globex = "DE89370400440532013000";
+    f.client
+        .open_account(with_key(
+            pb::OpenAccountRequest {
+                organization_name: "Globex GmbH".into(),
+                iban: globex.into(),
+                bic: "COBADEFFXXX".into(),
+                currency: None,
+                idempotency_key: None,
+            },
+            &f.key,
+        ))
+        .await
+        .unwrap();
+    let booked = f
+        .client
+        .transfer_bulk(with_key(
+            pb::TransferBulkRequest {
+                organization_name: ACME_NAME.into(),
+                organization_bic: ACME_BIC.into(),
+                organization_iban: ACME_IBAN.into(),
+                credit_transfers: vec![pb::CreditTransfer {
+                    amount: "300.00".into(),
+                    currency: "EUR".into(),
+                    counterparty_name: "Globex GmbH".into(),
+                    counterparty_bic: "COBADEFFXXX".into(),
+                    counterparty_iban: globex.into(),
+                    description: Some("Invoice".into()),
+                }],
+                idempotency_key: None,
+            },
+            &f.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let position = booked.position.expect("a bulk's response carries its position");
+    let payee = f
+        .client
+        .get_account(with_key(
+            pb::GetAccountRequest {
+                iban: globex.into(),
+                min_position: Some(position),
+            },
+            &f.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(payee.balance_cents, 30_000, "read your writes over gRPC");
+    let balance = f
+        .client
+        .get_trial_balance(with_key(
+            pb::GetTrialBalanceRequest {
+                min_position: Some(position),
+            },
+            &f.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let eur = balance.currencies.iter().find(|c| c.currency == "EUR").unwrap();
+    assert_eq!(
+        (eur.customers_cents, eur.settlement_cents, eur.sum_cents),
+        (100_000, -100_000, 0)
+    );
+    let bad = f
+        .client
+        .get_account(with_key(
+            pb::GetAccountRequest {
+                iban: globex.into(),
+                min_position: Some(-1),
+            },
+            &f.key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+
+    let created = run_ledger(
+        &["keys", "create", "--account", ACME_IBAN],
+        &[("DATABASE_URL", &f.db.url())],
+    );
+    let account_key = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+    let refused = f
+        .client
+        .get_trial_balance(with_key(
+            pb::GetTrialBalanceRequest { min_position: None },
+            &account_key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
 }

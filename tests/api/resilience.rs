@@ -337,7 +337,10 @@ async fn a_database_outage_is_a_fast_503_and_the_service_recovers_without_a_rest
     let mut grpc = ledger::grpc::pb::ledger_service_client::LedgerServiceClient::connect(server.grpc.clone().unwrap())
         .await
         .unwrap();
-    let mut request = tonic::Request::new(ledger::grpc::pb::GetAccountRequest { iban: ACME_IBAN.into() });
+    let mut request = tonic::Request::new(ledger::grpc::pb::GetAccountRequest {
+        iban: ACME_IBAN.into(),
+        min_position: None,
+    });
     request.metadata_mut().insert(
         "authorization",
         format!("Bearer {}", server.key.as_deref().unwrap()).parse().unwrap(),
