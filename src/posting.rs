@@ -49,6 +49,8 @@ pub struct Page {
     pub events: u64,
     /// Credits and returns appended.
     pub postings: u64,
+    /// The page was cut by a bound: more is waiting right now.
+    pub more: bool,
 }
 
 /// Posts until the feed has nothing more to give (or another server holds
@@ -57,23 +59,31 @@ pub async fn catch_up(pool: &PgPool) -> Result<Page, AppError> {
     let mut total = Page::default();
     loop {
         match post_page(pool).await? {
-            Some(page) if page.events > 0 => {
+            Some(page) => {
                 total.events += page.events;
                 total.postings += page.postings;
+                if !page.more {
+                    return Ok(total);
+                }
             }
-            Some(_) => return Ok(total),
             None => continue, // a conflict: read the page again
         }
     }
 }
 
-/// Runs for as long as the server does: posts, rests when caught up,
-/// retries after a failure (the checkpoint makes that safe).
+/// Runs for as long as the server does: posts, rests [`IDLE_WAIT`] once
+/// caught up (so that under load a page gathers what arrived meanwhile,
+/// rather than one transaction per few events), retries after a failure
+/// (the checkpoint makes that safe).
 pub async fn run(pool: PgPool) {
     loop {
         match catch_up(&pool).await {
-            Ok(Page { events: 0, .. }) => tokio::time::sleep(IDLE_WAIT).await,
-            Ok(page) => tracing::debug!(events = page.events, postings = page.postings, "posted"),
+            Ok(page) => {
+                if page.events > 0 {
+                    tracing::debug!(events = page.events, postings = page.postings, "posted");
+                }
+                tokio::time::sleep(IDLE_WAIT).await;
+            }
             Err(error) => {
                 tracing::warn!(error = format!("{error:#}"), "posting process: retrying");
                 tokio::time::sleep(IDLE_WAIT * 50).await;
@@ -144,6 +154,7 @@ async fn post_page(pool: &PgPool) -> Result<Option<Page>, AppError> {
 
     // The page's transfers, in feed order, up to the transfer bound.
     let mut pending = Vec::new();
+    let mut cut = feed.len() as i64 == PAGE_EVENTS;
     let mut passed = (0_u64, last_read);
     for event in &feed {
         if event.event.event_type == "BulkTransferBooked" {
@@ -155,6 +166,7 @@ async fn post_page(pool: &PgPool) -> Result<Option<Page>, AppError> {
             })?;
             if let Event::BulkTransferBooked { bulk_id, transfers, .. } = decoded {
                 if !pending.is_empty() && pending.len() + transfers.len() > PAGE_TRANSFERS {
+                    cut = true;
                     break;
                 }
                 pending.extend(transfers.into_iter().map(|transfer| Pending {
@@ -248,6 +260,14 @@ async fn post_page(pool: &PgPool) -> Result<Option<Page>, AppError> {
             return Err(AppError::Unavailable(anyhow::Error::new(error).context("posting")));
         }
     }
+    if postings == 0 {
+        // Nothing but the checkpoint: a crash that loses this commit only
+        // makes the page read again, so it need not wait for its fsync
+        // (which would compete with the commands' own).
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+    }
     sqlx::query(
         "UPDATE process_checkpoints SET checkpoint_tx = $2, checkpoint_position = $3, updated_at = now() \
          WHERE name = $1",
@@ -264,5 +284,6 @@ async fn post_page(pool: &PgPool) -> Result<Option<Page>, AppError> {
     Ok(Some(Page {
         events: events_passed,
         postings,
+        more: cut,
     }))
 }
