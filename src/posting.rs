@@ -24,12 +24,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
+use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::app::{AppError, account_id_for, queries};
-use crate::domain::{self, Account, Event, Posting};
+use crate::domain::{self, Account, Posting};
 use crate::event_store::{self, AppendError, FeedCursor, NewEvent, StreamAppend, StreamHead};
 
 /// The checkpoint's name in `process_checkpoints`.
@@ -106,6 +107,16 @@ pub async fn lag(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
     .await
 }
 
+/// The type of the events posting reads.
+const BOOKED: &str = "BulkTransferBooked";
+
+/// The part of a [`domain::Event::BulkTransferBooked`] payload posting needs.
+#[derive(Deserialize)]
+struct Booked {
+    bulk_id: Uuid,
+    transfers: Vec<domain::TransferBooked>,
+}
+
 /// One transfer to post, with where it came from.
 struct Pending {
     payer_id: Uuid,
@@ -130,7 +141,7 @@ async fn post_page(pool: &PgPool) -> Result<Option<Page>, AppError> {
         tx: unlocked.0,
         position: unlocked.1,
     };
-    if event_store::read_feed(pool, peek, 1).await?.is_empty() {
+    if event_store::read_feed_for(pool, peek, 1, BOOKED).await?.is_empty() {
         return Ok(Some(Page::default()));
     }
     let mut tx = pool.begin().await?;
@@ -147,7 +158,7 @@ async fn post_page(pool: &PgPool) -> Result<Option<Page>, AppError> {
         tx: checkpoint_tx,
         position: checkpoint_position,
     };
-    let feed = event_store::read_feed(&mut *tx, after, PAGE_EVENTS).await?;
+    let feed = event_store::read_feed_for(&mut *tx, after, PAGE_EVENTS, BOOKED).await?;
     let Some(last_read) = feed.last().map(|e| e.cursor()) else {
         return Ok(Some(Page::default()));
     };
@@ -156,28 +167,27 @@ async fn post_page(pool: &PgPool) -> Result<Option<Page>, AppError> {
     let mut pending = Vec::new();
     let mut cut = feed.len() as i64 == PAGE_EVENTS;
     let mut passed = (0_u64, last_read);
-    for event in &feed {
-        if event.event.event_type == "BulkTransferBooked" {
-            let decoded = event.event.to_event().map_err(|e| {
+    for entry in &feed {
+        if let Some(data) = &entry.data {
+            // Only what posting needs, read from the payload in place.
+            let booked = Booked::deserialize(data).map_err(|e| {
                 AppError::Internal(anyhow::anyhow!(
                     "event at position {} does not decode: {e}",
-                    event.event.position
+                    entry.position
                 ))
             })?;
-            if let Event::BulkTransferBooked { bulk_id, transfers, .. } = decoded {
-                if !pending.is_empty() && pending.len() + transfers.len() > PAGE_TRANSFERS {
-                    cut = true;
-                    break;
-                }
-                pending.extend(transfers.into_iter().map(|transfer| Pending {
-                    payer_id: event.event.stream_id,
-                    bulk_id,
-                    position: event.event.position,
-                    transfer,
-                }));
+            if !pending.is_empty() && pending.len() + booked.transfers.len() > PAGE_TRANSFERS {
+                cut = true;
+                break;
             }
+            pending.extend(booked.transfers.into_iter().map(|transfer| Pending {
+                payer_id: entry.stream_id,
+                bulk_id: booked.bulk_id,
+                position: entry.position,
+                transfer,
+            }));
         }
-        passed = (passed.0 + 1, event.cursor());
+        passed = (passed.0 + 1, entry.cursor());
     }
     let (events_passed, next) = passed;
 

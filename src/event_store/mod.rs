@@ -476,6 +476,52 @@ pub async fn read_feed<'e, E: sqlx::PgExecutor<'e>>(
     .await
 }
 
+/// One event of the feed as a process that follows it for one event type
+/// sees it: where it is, and its payload only when it has that type.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FeedEntry {
+    pub position: i64,
+    pub stream_id: Uuid,
+    pub tx: i64,
+    /// The payload, for events of the type asked for.
+    pub data: Option<Value>,
+}
+
+impl FeedEntry {
+    pub fn cursor(&self) -> FeedCursor {
+        FeedCursor {
+            tx: self.tx,
+            position: self.position,
+        }
+    }
+}
+
+/// [`read_feed`] for a follower interested in one event type: the same
+/// events in the same order (its cursor moves past all of them), with only
+/// that type's payloads read out.
+pub async fn read_feed_for<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    after: FeedCursor,
+    limit: i64,
+    event_type: &str,
+) -> Result<Vec<FeedEntry>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT position, stream_id, tx_id::text::bigint AS tx, \
+                CASE WHEN event_type = $4 THEN data END AS data \
+         FROM events \
+         WHERE (tx_id, position) > ($1::text::xid8, $2) \
+           AND tx_id < (SELECT events_horizon()) \
+         ORDER BY tx_id, position \
+         LIMIT $3",
+    )
+    .bind(after.tx.to_string())
+    .bind(after.position)
+    .bind(limit)
+    .bind(event_type)
+    .fetch_all(executor)
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use crate::projections::{Mode, PROJECTIONS};
