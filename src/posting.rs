@@ -58,6 +58,7 @@ pub struct Page {
 /// the checkpoint). Returns what was posted.
 pub async fn catch_up(pool: &PgPool) -> Result<Page, AppError> {
     let mut total = Page::default();
+    let mut conflicts = 0_u64;
     loop {
         match post_page(pool).await? {
             Some(page) => {
@@ -67,7 +68,13 @@ pub async fn catch_up(pool: &PgPool) -> Result<Page, AppError> {
                     return Ok(total);
                 }
             }
-            None => continue, // a conflict: read the page again
+            None => {
+                // A conflict: a command moved a stream of the page. Back
+                // off a little (growing with repeats) before deciding the
+                // page again, so a busy payee cannot keep it spinning.
+                conflicts += 1;
+                tokio::time::sleep(Duration::from_millis(conflicts.min(50))).await;
+            }
         }
     }
 }
@@ -226,7 +233,15 @@ async fn post_page(pool: &PgPool) -> Result<Option<Page>, AppError> {
         };
         let (stream, event) = match domain::decide_credit(payee, &view) {
             Ok(credit) => (payee_id, credit),
-            Err(reason) => (posting.payer_id, domain::decide_return(payer, payee, &view, reason)),
+            Err(reason) => match domain::decide_return(payer, payee, &view, reason) {
+                Some(back) => (posting.payer_id, back),
+                None => {
+                    return Err(AppError::Internal(anyhow::anyhow!(
+                        "transfer {} cannot be returned: the payer's balance would overflow",
+                        posting.transfer.transfer_id
+                    )));
+                }
+            },
         };
         let state = states.get_mut(&stream).expect("decided on a loaded account");
         state.0 = domain::evolve(Some(state.0.clone()), std::slice::from_ref(&event));

@@ -367,10 +367,14 @@ pub fn decide_credit(payee: &Account, posting: &Posting<'_>) -> Result<Event, Re
 }
 
 /// The return of a transfer its payee could not take, on the payer's
-/// account (`payer` is the payer's state now, not at booking time).
-pub fn decide_return(payer: &Account, payee: &Account, posting: &Posting<'_>, reason: ReturnReason) -> Event {
+/// account (`payer` is the payer's state now, not at booking time). `None`
+/// when crediting it back would overflow the payer's balance (deposits
+/// since the bulk took it to the edge of what the ledger represents): the
+/// posting process then stops at that transfer rather than wrap around.
+pub fn decide_return(payer: &Account, payee: &Account, posting: &Posting<'_>, reason: ReturnReason) -> Option<Event> {
     let transfer = posting.transfer;
-    Event::TransferReturned {
+    let balance_after_cents = payer.balance_cents.checked_add(transfer.amount_cents)?;
+    Some(Event::TransferReturned {
         transfer_id: transfer.transfer_id,
         bulk_id: posting.bulk_id,
         payee_account_id: payee.account_id,
@@ -382,10 +386,8 @@ pub fn decide_return(payer: &Account, payee: &Account, posting: &Posting<'_>, re
         description: transfer.description.clone(),
         reason: reason.code().to_owned(),
         end_to_end_id: None,
-        // The payer was debited this amount by the bulk: crediting it back
-        // cannot leave the range the debit came from.
-        balance_after_cents: payer.balance_cents + transfer.amount_cents,
-    }
+        balance_after_cents,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

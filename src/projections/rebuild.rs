@@ -139,6 +139,12 @@ async fn run(
         .bind(&names)
         .execute(&mut *tx)
         .await?;
+    // The posting process reads the read models and then appends, under
+    // its checkpoint row: waiting for that row first (same order) lets a
+    // posting page in flight finish instead of deadlocking with the swap.
+    sqlx::query("SELECT name FROM process_checkpoints WHERE name = 'posting' FOR UPDATE")
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("LOCK TABLE public.events IN EXCLUSIVE MODE")
         .execute(&mut *tx)
         .await?;

@@ -412,7 +412,7 @@ fn a_payee_in_another_currency_sends_the_transfer_back_to_the_payer() {
         balance_cents: 8_550,
         ..payer.clone()
     };
-    let back = decide_return(&debited, &usd, &posting, ReturnReason::CurrencyMismatch);
+    let back = decide_return(&debited, &usd, &posting, ReturnReason::CurrencyMismatch).unwrap();
     let Event::TransferReturned {
         reason,
         amount_cents,
@@ -459,10 +459,30 @@ fn double_entry_events_round_trip_through_their_stored_form() {
         &payee(Currency::EUR, 0),
         &posting,
         ReturnReason::CurrencyMismatch,
-    );
+    )
+    .unwrap();
     for event in [credit, back] {
         let data = event.data();
         assert!(data.get("end_to_end_id").is_none(), "absent until ISO 20022 gives one");
         assert_eq!(Event::from_stored(event.event_type(), data).unwrap(), event);
     }
+}
+
+#[test]
+fn a_return_that_would_overflow_the_payer_is_not_decided() {
+    let payer = Account {
+        balance_cents: i64::MAX,
+        ..replay(&[opened()]).unwrap().unwrap()
+    };
+    let transfer = booked_transfer(1);
+    let posting = Posting {
+        bulk_id: Uuid::from_u128(42),
+        payer: &payer,
+        transfer: &transfer,
+    };
+    let usd = payee(Currency::parse("USD").unwrap(), 0);
+    assert_eq!(
+        decide_return(&payer, &usd, &posting, ReturnReason::CurrencyMismatch),
+        None
+    );
 }
