@@ -16,7 +16,7 @@
 //! cancels neither its own command (once queued, it is decided exactly like
 //! the others) nor a batch it happens to lead.
 //!
-//! A little over 500 lines, on purpose: the batch's decide-and-append
+//! A little over 500 lines (about 540), on purpose: the batch's decide-and-append
 //! loop and its retry rules (conflict, key taken, failure) read best
 //! side by side, and splitting them would scatter one state machine.
 

@@ -8,6 +8,10 @@
 //! The credit leg of an on-us transfer is decided on the payee's account by
 //! [`decide_credit`] (or, when the payee cannot take it, returned to the
 //! payer by [`decide_return`]): every command stays on one stream.
+//!
+//! A little over 500 lines, on purpose: the aggregate's commands, events,
+//! decisions and fold are one vocabulary, read together; its tests live in
+//! `account/tests.rs`.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
