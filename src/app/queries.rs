@@ -126,22 +126,8 @@ pub async fn account_exists(pool: &PgPool, account_id: Uuid) -> Result<bool, sql
 /// projection (kept in the append's statement, so it is the snapshot),
 /// with the head event's hash joined in: one round trip.
 pub async fn load_account(pool: &PgPool, iban: &Iban) -> Result<Option<(Account, StreamHead)>, AppError> {
-    #[derive(sqlx::FromRow)]
-    struct Snapshot {
-        #[sqlx(flatten)]
-        row: BalanceRow,
-        hash: Vec<u8>,
-    }
-    let snapshot: Option<Snapshot> = sqlx::query_as(concat!(
-        "SELECT ",
-        balance_columns!(),
-        ", e.hash FROM balances b JOIN events e ON e.stream_id = b.account_id AND e.version = b.version \
-         WHERE b.account_id = $1"
-    ))
-    .bind(account_id_for(iban))
-    .fetch_optional(pool)
-    .await?;
-    snapshot.map(|s| s.row.into_state(Some(&s.hash))).transpose()
+    let account_id = account_id_for(iban);
+    Ok(load_accounts(pool, &[account_id]).await?.remove(&account_id))
 }
 
 /// The state and stream head of each of these accounts that is open (for
