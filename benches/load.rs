@@ -31,6 +31,9 @@
 //! | `bulk1000`    | one account, bulks of 1,000 transfers, 16 connections                    |
 //! | `open`        | open loop: 1,000 requests/s of 1-transfer bulks on the 1,000 accounts;   |
 //! |               | latency from each request's scheduled send time (no coordinated omission)|
+//! | `payroll`     | on-us: bulks of 1,000 transfers from the hot account to the 1,000    |
+//! |               | accounts, one at a time; time to the 201, then until every credit is |
+//! |               | visible (a query with the 201's `min_position`)                      |
 //! | `seed-hot`    | baseline: the seed service's SQL, one transaction per transfer, one row, |
 //! |               | sqlx pool of 64                                                          |
 //! | `seed-spread` | the same on 1,000 rows                                                   |
@@ -65,6 +68,8 @@ mod driver;
 mod grpc;
 #[path = "load/http.rs"]
 mod http;
+#[path = "load/payroll.rs"]
+mod payroll;
 #[path = "load/postgres.rs"]
 mod postgres;
 #[path = "load/report.rs"]
@@ -186,7 +191,7 @@ async fn bench(config: &Config, postgres: &Postgres, scratch: &Path) -> anyhow::
     let mut notes = Vec::new();
 
     let ledger_selected: Vec<&LedgerScenario> = LEDGER_SCENARIOS.iter().filter(|s| config.runs(s.name)).collect();
-    if !ledger_selected.is_empty() {
+    if !ledger_selected.is_empty() || config.runs("payroll") {
         run_ledger(config, postgres, scratch, &ledger_selected, &mut rows, &mut notes).await?;
     }
     // The baselines run after the ledger server has gone, so neither
@@ -331,6 +336,24 @@ async fn run_ledger(
             hwm_kib,
             cpu: Some(cpu),
         });
+    }
+    if config.runs("payroll") {
+        settle(postgres, "payroll", notes).await;
+        eprintln!("load: payroll: {} on-us bulks of {}", payroll::ROUNDS, spread.len());
+        let figures = payroll::run(server.address, &hot, &spread)
+            .await
+            .context("the payroll scenario")?;
+        let (booked_p50, booked_max) = payroll::Figures::summary(&figures.booked_ms);
+        let (credited_p50, credited_max) = payroll::Figures::summary(&figures.credited_ms);
+        notes.push(format!(
+            "payroll (on-us, SPEC §9): {} bulks of {} transfers to {} accounts of the ledger, one at a time: \
+             201 after {booked_p50:.0} ms p50 ({booked_max:.0} max); every credit visible (min_position) \
+             {credited_p50:.0} ms after the 201, p50 ({credited_max:.0} max), {} credits/s",
+            payroll::ROUNDS,
+            thousands(figures.transfers as f64),
+            thousands(spread.len() as f64),
+            thousands(figures.transfers as f64 * 1000.0 / credited_p50)
+        ));
     }
     server.stop();
 

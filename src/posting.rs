@@ -21,12 +21,13 @@
 //! log). The payer's command never waits for any of this.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgPool;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::app::{AppError, account_id_for, queries};
@@ -40,13 +41,21 @@ const PAGE_EVENTS: i64 = 500;
 /// Transfers posted per page at most (a page stops at the bulk that
 /// reaches it; one bulk is never split): bounds a transaction's size.
 const PAGE_TRANSFERS: usize = 5_000;
-/// How long the process rests once caught up.
+/// How long the process rests once caught up after a page that posted
+/// something (so that under load a page gathers what arrived meanwhile,
+/// rather than one transaction per few events).
 pub const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// The longest rest: it doubles from [`IDLE_WAIT`] while pages post
+/// nothing (a log of deposits and transfers to other banks), which keeps
+/// the process's cost, a transaction and a feed scan per page, off the
+/// commands' CPU. A query waiting for `min_position` wakes it at once.
+pub const MAX_IDLE_WAIT: Duration = Duration::from_millis(200);
 
 /// What one page came to.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Page {
-    /// Feed events passed.
+    /// Feed events read (a page cut before a bulk read a few more than it
+    /// passed).
     pub events: u64,
     /// Credits and returns appended.
     pub postings: u64,
@@ -79,23 +88,31 @@ pub async fn catch_up(pool: &PgPool) -> Result<Page, AppError> {
     }
 }
 
-/// Runs for as long as the server does: posts, rests [`IDLE_WAIT`] once
-/// caught up (so that under load a page gathers what arrived meanwhile,
-/// rather than one transaction per few events), retries after a failure
+/// Runs for as long as the server does: posts, rests once caught up (see
+/// [`MAX_IDLE_WAIT`]) or until `wake` is notified, retries after a failure
 /// (the checkpoint makes that safe).
-pub async fn run(pool: PgPool) {
+pub async fn run(pool: PgPool, wake: Arc<Notify>) {
+    let mut rest = IDLE_WAIT;
     loop {
         match catch_up(&pool).await {
             Ok(page) => {
                 if page.events > 0 {
                     tracing::debug!(events = page.events, postings = page.postings, "posted");
                 }
-                tokio::time::sleep(IDLE_WAIT).await;
+                rest = if page.postings > 0 {
+                    IDLE_WAIT
+                } else {
+                    (rest * 2).min(MAX_IDLE_WAIT)
+                };
             }
             Err(error) => {
                 tracing::warn!(error = format!("{error:#}"), "posting process: retrying");
-                tokio::time::sleep(IDLE_WAIT * 50).await;
+                rest = IDLE_WAIT * 50;
             }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(rest) => {}
+            _ = wake.notified() => {}
         }
     }
 }
@@ -117,13 +134,6 @@ pub async fn lag(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
 /// The type of the events posting reads.
 const BOOKED: &str = "BulkTransferBooked";
 
-/// The part of a [`domain::Event::BulkTransferBooked`] payload posting needs.
-#[derive(Deserialize)]
-struct Booked {
-    bulk_id: Uuid,
-    transfers: Vec<domain::TransferBooked>,
-}
-
 /// One transfer to post, with where it came from.
 struct Pending {
     payer_id: Uuid,
@@ -131,6 +141,46 @@ struct Pending {
     position: i64,
     transfer: domain::TransferBooked,
 }
+
+/// A row of [`PAGE_SQL`]: an on-us transfer still to post, or (with
+/// `transfer` NULL) the page's last event, which says how far it reaches.
+#[derive(sqlx::FromRow)]
+struct PageRow {
+    position: i64,
+    stream_id: Uuid,
+    tx: i64,
+    bulk_id: Option<Uuid>,
+    transfer: Option<sqlx::types::Json<domain::TransferBooked>>,
+    /// On the last event's row: how many events the page has.
+    events: Option<i64>,
+}
+
+/// A page of the commit-safe feed (`read_feed`'s order and horizon) as the
+/// posting process needs it, filtered in the database: only the transfers
+/// of booked bulks whose payee IBAN is an account here and that have no
+/// credit or return yet, in feed order, followed by the page's last event.
+/// A bulk paying other banks only, which is most of them, thus costs the
+/// process nothing but its share of one index scan; and a transfer that
+/// already has its leg (the checkpoint moved back by hand, say) is passed,
+/// not appended again into the unique index for ever.
+const PAGE_SQL: &str = "WITH page AS MATERIALIZED ( \
+         SELECT position, stream_id, tx_id, event_type, data FROM events \
+         WHERE (tx_id, position) > ($1::text::xid8, $2) AND tx_id < (SELECT events_horizon()) \
+         ORDER BY tx_id, position LIMIT $3 \
+     ) \
+     SELECT position, stream_id, tx_id::text::bigint AS tx, bulk_id, transfer, events FROM ( \
+         SELECT p.position, p.stream_id, p.tx_id, (p.data->>'bulk_id')::uuid AS bulk_id, \
+                t.item AS transfer, t.n, NULL::bigint AS events \
+         FROM page p CROSS JOIN LATERAL jsonb_array_elements(p.data->'transfers') WITH ORDINALITY AS t(item, n) \
+         WHERE p.event_type = $4 \
+           AND EXISTS (SELECT 1 FROM balances b WHERE b.iban = t.item->>'counterparty_iban') \
+           AND NOT EXISTS (SELECT 1 FROM events l \
+                           WHERE l.event_type IN ('TransferReceived', 'TransferReturned') \
+                             AND l.data->>'transfer_id' = t.item->>'transfer_id') \
+         UNION ALL \
+         (SELECT position, stream_id, tx_id, NULL, NULL, NULL, (SELECT count(*) FROM page) FROM page ORDER BY tx_id DESC, position DESC LIMIT 1) \
+     ) AS rows \
+     ORDER BY tx_id, position, n NULLS LAST";
 
 /// Posts one page in one transaction. `Some(page)` when done (an empty page
 /// when caught up, or when another server holds the checkpoint); `None`
@@ -161,42 +211,50 @@ async fn post_page(pool: &PgPool) -> Result<Option<Page>, AppError> {
     let Some((checkpoint_tx, checkpoint_position)) = checkpoint else {
         return Ok(Some(Page::default()));
     };
-    let after = FeedCursor {
-        tx: checkpoint_tx,
-        position: checkpoint_position,
-    };
-    let feed = event_store::read_feed_for(&mut *tx, after, PAGE_EVENTS, BOOKED).await?;
-    let Some(last_read) = feed.last().map(|e| e.cursor()) else {
+    let rows: Vec<PageRow> = sqlx::query_as(PAGE_SQL)
+        .bind(checkpoint_tx.to_string())
+        .bind(checkpoint_position)
+        .bind(PAGE_EVENTS)
+        .bind(BOOKED)
+        .fetch_all(&mut *tx)
+        .await?;
+    let Some(last) = rows.last() else {
         return Ok(Some(Page::default()));
     };
+    let page_events = last.events.unwrap_or_default();
+    let mut next = FeedCursor {
+        tx: last.tx,
+        position: last.position,
+    };
 
-    // The page's transfers, in feed order, up to the transfer bound.
-    let mut pending = Vec::new();
-    let mut cut = feed.len() as i64 == PAGE_EVENTS;
-    let mut passed = (0_u64, last_read);
-    for entry in &feed {
-        if let Some(data) = &entry.data {
-            // Only what posting needs, read from the payload in place.
-            let booked = Booked::deserialize(data).map_err(|e| {
-                AppError::Internal(anyhow::anyhow!(
-                    "event at position {} does not decode: {e}",
-                    entry.position
-                ))
-            })?;
-            if !pending.is_empty() && pending.len() + booked.transfers.len() > PAGE_TRANSFERS {
-                cut = true;
-                break;
-            }
-            pending.extend(booked.transfers.into_iter().map(|transfer| Pending {
-                payer_id: entry.stream_id,
-                bulk_id: booked.bulk_id,
-                position: entry.position,
-                transfer,
-            }));
+    // The page's on-us transfers, in feed order, up to the transfer bound.
+    // A bulk is never split: when the next one does not fit, the page ends
+    // just before its event (nothing else sits between the two in the
+    // feed's order, as `(tx, position - 1)` is no event).
+    let mut cut = page_events == PAGE_EVENTS;
+    let mut pending: Vec<Pending> = Vec::new();
+    for bulk in rows.chunk_by(|a, b| a.position == b.position && b.transfer.is_some()) {
+        let first = &bulk[0];
+        let Some(bulk_id) = first.bulk_id else {
+            continue; // the page's last event
+        };
+        if !pending.is_empty() && pending.len() + bulk.len() > PAGE_TRANSFERS {
+            next = FeedCursor {
+                tx: first.tx,
+                position: first.position - 1,
+            };
+            cut = true;
+            break;
         }
-        passed = (passed.0 + 1, entry.cursor());
+        pending.extend(bulk.iter().filter_map(|row| {
+            Some(Pending {
+                payer_id: row.stream_id,
+                bulk_id,
+                position: row.position,
+                transfer: row.transfer.as_ref()?.0.clone(),
+            })
+        }));
     }
-    let (events_passed, next) = passed;
 
     let mut ids: Vec<Uuid> = pending
         .iter()
@@ -307,7 +365,7 @@ async fn post_page(pool: &PgPool) -> Result<Option<Page>, AppError> {
         metrics::counter!(crate::observability::EVENTS_APPENDED, "type" => event_type).increment(1);
     }
     Ok(Some(Page {
-        events: events_passed,
+        events: page_events as u64,
         postings,
         more: cut,
     }))

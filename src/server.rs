@@ -48,7 +48,7 @@ pub async fn run(
         ledger.settings().idempotency_ttl,
     ));
     background.spawn(crate::projections::runner::run(ledger.pool().clone()));
-    background.spawn(crate::posting::run(ledger.pool().clone()));
+    background.spawn(crate::posting::run(ledger.pool().clone(), ledger.posting_wake()));
 
     // The signal, or either server failing, stops both.
     let (stop, stopped) = watch::channel(false);

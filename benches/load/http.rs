@@ -81,6 +81,30 @@ pub fn bulk_json(account: &Account, transfers: usize) -> serde_json::Value {
     })
 }
 
+/// A payroll from `account`: one transfer of [`TRANSFER_AMOUNT`] to each
+/// of `payees`, accounts of the ledger itself (on-us, SPEC §9).
+pub fn payroll_json(account: &Account, payees: &[Account]) -> serde_json::Value {
+    let transfers: Vec<_> = payees
+        .iter()
+        .map(|payee| {
+            json!({
+                "amount": TRANSFER_AMOUNT,
+                "currency": "EUR",
+                "counterparty_name": payee.name,
+                "counterparty_bic": BIC,
+                "counterparty_iban": payee.iban,
+                "description": "salary",
+            })
+        })
+        .collect();
+    json!({
+        "organization_name": account.name,
+        "organization_bic": BIC,
+        "organization_iban": account.iban,
+        "credit_transfers": transfers,
+    })
+}
+
 /// The body of `POST /v1/transfer/bulk`: [`bulk_json`] serialized.
 pub fn bulk_body(account: &Account, transfers: usize) -> Bytes {
     Bytes::from(serde_json::to_vec(&bulk_json(account, transfers)).expect("a JSON value serializes"))
@@ -130,8 +154,23 @@ impl Connection {
         body: Bytes,
         idempotency_key: Option<&str>,
     ) -> Result<(u16, Bytes), String> {
+        self.send(Method::POST, path, body, idempotency_key).await
+    }
+
+    /// GETs `path`; returns the status and the whole response body.
+    pub async fn get(&mut self, path: &str) -> Result<(u16, Bytes), String> {
+        self.send(Method::GET, path, Bytes::new(), None).await
+    }
+
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        idempotency_key: Option<&str>,
+    ) -> Result<(u16, Bytes), String> {
         let mut request = Request::builder()
-            .method(Method::POST)
+            .method(method)
             .uri(path)
             .header(HOST, self.host.clone())
             .header(CONTENT_TYPE, "application/json");
@@ -283,7 +322,7 @@ pub async fn open_and_fund(address: SocketAddr, accounts: &[Account]) -> anyhow:
     Ok(())
 }
 
-async fn expect_201(connection: &mut Connection, path: &str, body: &serde_json::Value) -> anyhow::Result<()> {
+pub async fn expect_201(connection: &mut Connection, path: &str, body: &serde_json::Value) -> anyhow::Result<()> {
     let bytes = Bytes::from(serde_json::to_vec(body)?);
     let (status, answer) = connection.post(path, bytes, None).await.map_err(anyhow::Error::msg)?;
     if status != 201 {

@@ -81,6 +81,9 @@ pub(super) const LEDGER_SCENARIOS: [LedgerScenario; 6] = [
     },
 ];
 
+/// Scenarios of their own shape (not a closed or open loop of one body).
+pub(super) const OTHERS: [&str; 1] = ["payroll"];
+
 pub(super) const BASELINES: [&str; 3] = ["seed-hot", "seed-spread", "raw-insert"];
 
 pub(super) struct Config {
@@ -98,7 +101,12 @@ impl Config {
             },
             Err(_) => DEFAULT_SECONDS as f64,
         };
-        let known: Vec<&str> = LEDGER_SCENARIOS.iter().map(|s| s.name).chain(BASELINES).collect();
+        let known: Vec<&str> = LEDGER_SCENARIOS
+            .iter()
+            .map(|s| s.name)
+            .chain(OTHERS)
+            .chain(BASELINES)
+            .collect();
         let selected: Vec<String> = match std::env::var("LEDGER_BENCH_SCENARIOS") {
             Ok(list) if !list.trim().is_empty() => {
                 let names: Vec<String> = list

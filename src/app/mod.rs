@@ -111,6 +111,8 @@ pub struct Ledger {
     /// concurrency decides.
     group_commit: Arc<GroupCommit>,
     authenticator: Authenticator,
+    /// Wakes this server's posting process (a query waits for it).
+    posting_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Account ids are derived from the IBAN (UUID v5), so the event store's
@@ -130,6 +132,7 @@ impl Ledger {
             settings,
             group_commit,
             authenticator,
+            posting_wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -152,6 +155,13 @@ impl Ledger {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// What wakes this server's posting process from its rest: the server
+    /// hands it to [`crate::posting::run`]; a query waiting for
+    /// `min_position` notifies it.
+    pub fn posting_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.posting_wake.clone()
     }
 
     pub fn settings(&self) -> &Settings {

@@ -400,21 +400,27 @@ const POSITION_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl Ledger {
     /// Read your writes (SPEC §9): returns once the log position `min` is
-    /// reflected — its event committed and passed by the posting process
-    /// (so the credits and returns of a bulk are in too, and everything
-    /// before it in the feed) — or a 503 after `min_position_wait`. The
-    /// inline projections need nothing more: they commit with the events.
-    /// Front ends call it before a query that was given `min_position`.
+    /// reflected — its event committed, and every committed event at or
+    /// below that position passed by the posting process (so the credits
+    /// and returns of its bulk are in, and those of any command answered
+    /// with a lower position, whichever transaction id each one had: the
+    /// feed's order is by transaction, positions are not) — or a 503 after
+    /// `min_position_wait`. The inline projections need nothing more: they
+    /// commit with the events. Front ends call it before a query that was
+    /// given `min_position`.
     pub async fn reflect(&self, min: Option<MinPosition>) -> Result<(), AppError> {
         let Some(MinPosition(position)) = min else {
             return Ok(());
         };
         let deadline = std::time::Instant::now() + self.settings().min_position_wait;
         loop {
+            // The events after the checkpoint are the posting process's
+            // lag: a short range of the (tx_id, position) index.
             let reached: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM events e, process_checkpoints c \
-                 WHERE c.name = 'posting' AND e.position = $1 \
-                   AND (e.tx_id, e.position) <= (c.checkpoint_tx::text::xid8, c.checkpoint_position))",
+                "SELECT EXISTS (SELECT 1 FROM events WHERE position = $1) \
+                    AND NOT EXISTS (SELECT 1 FROM events e, process_checkpoints c \
+                                    WHERE c.name = 'posting' AND e.position <= $1 \
+                                      AND (e.tx_id, e.position) > (c.checkpoint_tx::text::xid8, c.checkpoint_position))",
             )
             .bind(position)
             .fetch_one(self.pool())
@@ -422,6 +428,8 @@ impl Ledger {
             if reached {
                 return Ok(());
             }
+            // Someone is waiting: the posting process need not finish its rest.
+            self.posting_wake.notify_one();
             if std::time::Instant::now() >= deadline {
                 return Err(Problem::new(
                     ProblemType::Unavailable,

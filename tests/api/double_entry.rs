@@ -593,3 +593,68 @@ async fn min_position_reads_the_credits_of_a_command_back() {
     assert!(first["position"].as_i64().is_some(), "{first}");
     assert_eq!(again, first);
 }
+
+/// Bulks that land while the posting process is held back make one long
+/// page: it stops before the bulk that would take it past its transfer
+/// bound (a bulk is never split), and the next page posts the rest. Then
+/// the checkpoint is moved back to the beginning by hand: posting passes
+/// what already has its credit instead of failing on the unique leg for
+/// ever, and appends nothing.
+#[tokio::test]
+async fn long_pages_are_cut_between_bulks_and_a_rewound_checkpoint_posts_nothing_twice() {
+    let app = TestApp::spawn().await;
+    app.acme_with(10_000_000).await;
+    open(&app, "Globex GmbH", GLOBEX_IBAN, "COBADEFFXXX", "EUR").await;
+
+    // Hold the checkpoint row: the server's posting process skips its turns.
+    let mut hold = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM process_checkpoints WHERE name = 'posting' FOR UPDATE")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let payroll: Vec<Value> = (0..3_000)
+            .map(|_| pay(GLOBEX_IBAN, "Globex GmbH", "1.00", "EUR"))
+            .collect();
+        let (status, body) = app.post("/v1/transfer/bulk", &bulk(payroll)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    assert_eq!(app.balance_cents(GLOBEX_IBAN).await, 0, "nothing posted while held");
+    hold.rollback().await.unwrap();
+
+    eventually(&app, GLOBEX_IBAN, "both bulks' credits", |a| {
+        a["balance_cents"] == 600_000
+    })
+    .await;
+    assert_eq!(events_of_type(&app, "TransferReceived").await, 6_000);
+
+    sqlx::query("UPDATE process_checkpoints SET checkpoint_tx = 0, checkpoint_position = 0 WHERE name = 'posting'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // The server's process and this one take turns on the checkpoint; it
+    // must reach the end of the log again, appending nothing on the way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        ledger::posting::catch_up(&app.pool).await.unwrap();
+        let lag: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events e, process_checkpoints c WHERE c.name = 'posting' \
+             AND (e.tx_id, e.position) > (c.checkpoint_tx::text::xid8, c.checkpoint_position)",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if lag == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rewound checkpoint is stuck {lag} events behind"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(events_of_type(&app, "TransferReceived").await, 6_000);
+    let (status, audit) = app.get(&format!("/v1/accounts/{GLOBEX_IBAN}/audit")).await;
+    assert_eq!(status, 200);
+    assert_eq!(audit["consistent"], true, "{audit}");
+}
