@@ -16,6 +16,7 @@ pub const COMMANDS: &str = "ledger_commands_total";
 pub const EVENTS_APPENDED: &str = "ledger_events_appended_total";
 pub const BATCH_COMMANDS: &str = "ledger_group_commit_batch_commands";
 pub const BATCH_DURATION: &str = "ledger_group_commit_batch_duration_seconds";
+pub const BATCH_STREAMS: &str = "ledger_group_commit_batch_accounts";
 pub const PROJECTION_POSITION: &str = "ledger_projection_position";
 pub const PROJECTION_LAG: &str = "ledger_projection_lag_events";
 pub const POSTING_LAG: &str = "ledger_posting_lag_events";
@@ -39,6 +40,7 @@ pub fn prometheus() -> &'static PrometheusHandle {
             })
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_COMMANDS.to_owned()), BATCH_HISTOGRAM_BUCKETS))
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_DURATION.to_owned()), LATENCY_BUCKETS_SECONDS))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_STREAMS.to_owned()), BATCH_HISTOGRAM_BUCKETS))
             .expect("bucket lists are non-empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -68,6 +70,7 @@ fn describe() {
     describe_counter!(COMMANDS, "Commands by command and outcome (accepted, or the refusal)");
     describe_counter!(EVENTS_APPENDED, "Events appended to the log, by type");
     describe_histogram!(BATCH_COMMANDS, "Commands per group-commit batch (one append each)");
+    describe_histogram!(BATCH_STREAMS, "Accounts appended to by one group-commit batch");
     describe_histogram!(
         BATCH_DURATION,
         Unit::Seconds,

@@ -322,6 +322,7 @@ async fn post_page(pool: &PgPool) -> Result<Option<Page>, AppError> {
             stream_id: *stream,
             head: loaded[stream],
             events: &appended[stream],
+            records: &[],
         })
         .collect();
     let postings = appends.iter().map(|a| a.events.len() as u64).sum();
@@ -331,7 +332,7 @@ async fn post_page(pool: &PgPool) -> Result<Option<Page>, AppError> {
         .collect();
     match event_store::append_many(&mut *tx, &appends, Utc::now()).await {
         Ok(_) => {}
-        Err(AppendError::VersionConflict) => {
+        Err(AppendError::VersionConflict(_)) => {
             // A command (or another process) moved a stream: decide again.
             tx.rollback().await?;
             return Ok(None);

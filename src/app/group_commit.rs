@@ -1,24 +1,32 @@
-//! Group commit per account (DESIGN.md mechanism 2).
+//! Group commit across accounts (DESIGN.md mechanisms 2 and 11).
 //!
-//! Commands for one account that arrive while an append for it is in
-//! flight queue up. When the append finishes, the next command's task
-//! becomes the leader: it takes every queued command (up to a bound), loads
-//! the account once, decides them one after the other against the state in
-//! memory, and appends all their events — and their idempotency keys — in
-//! one statement, one transaction, one fsync. Then it answers each caller
-//! with its own result: some 201, some 422 when the money ran out midway.
+//! Accounts hash onto a few **lanes**. Commands queued on a lane while an
+//! append of it is in flight wait; when the append finishes, the next
+//! command's task becomes the lane's leader: it takes every queued command
+//! (within the bounds on commands, transfers and bytes), groups them by
+//! account, loads every account it has no state for in one query, decides
+//! each account's commands one after the other against its state in
+//! memory, and appends every account's events — and the idempotency keys —
+//! in **one statement, one transaction, one fsync**, each stream at its
+//! own expected version. Then it answers each caller with its own result:
+//! some 201, some 422 when the money ran out midway.
 //!
 //! Batches form by themselves under load and cost nothing without it: a
-//! lone command is a batch of one. Across processes, the append's expected
-//! version still decides; a conflict reloads and decides the batch again.
+//! lone command is a batch of one. Whether the load falls on one account
+//! or on a thousand, a batch is one round trip and one fsync.
+//!
+//! A conflict (another process, or the posting process, appended to one of
+//! the streams) fails the statement; PostgreSQL names the stream, and only
+//! that account's commands are decided again: the others keep their
+//! decisions and go into the retried statement unchanged.
 //!
 //! Every submission runs in its own task, so a client that disconnects
 //! cancels neither its own command (once queued, it is decided exactly like
 //! the others) nor a batch it happens to lead.
 //!
-//! A little over 500 lines (about 540), on purpose: the batch's decide-and-append
-//! loop and its retry rules (conflict, key taken, failure) read best
-//! side by side, and splitting them would scatter one state machine.
+//! A little over 500 lines, on purpose: the batch's decide-and-append loop
+//! and its retry rules (conflict, key taken, failure) read best side by
+//! side, and splitting them would scatter one state machine.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -30,14 +38,15 @@ use chrono::Utc;
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
+use uuid::Uuid;
 
 use super::commands::{CommandKind, CommandView, Outcome, Render, decision_of, record_of};
 use super::idempotency::{self, IdempotencyKey, Recorded};
 use super::problems::{AppError, refusal_problem};
-use super::queries::load_account;
+use super::queries::load_accounts;
 use super::{CommandContext, account_id_for};
 use crate::domain::{self, Account, Command, Iban};
-use crate::event_store::{self, AppendError, IdempotencyRecord, NewEvent, StreamHead};
+use crate::event_store::{self, AppendError, IdempotencyRecord, NewEvent, StreamAppend, StreamHead};
 use crate::observability;
 
 /// What a caller waits for.
@@ -52,8 +61,17 @@ pub struct GroupCommitSettings {
     /// command one): bounds the memory and the statement size of a batch of
     /// large bulks. A single bulk above it still forms a batch of its own.
     pub batch_transfers_max: usize,
+    /// Most bytes of event payload in one batch, as estimated from the
+    /// commands (a bulk's names and descriptions and a fixed share per
+    /// transfer): bounds the statement's size when transfers carry long
+    /// texts. A single command above it still forms a batch of its own.
+    pub batch_bytes_max: usize,
+    /// Lanes that commit at the same time; every account belongs to one.
+    /// More lanes let PostgreSQL overlap statements; fewer make larger
+    /// batches (fewer fsyncs).
+    pub lanes: usize,
     /// How long a leader waits for more commands before deciding, when the
-    /// account is contended (its previous batch held more than one command).
+    /// lane is contended (its previous batch held more than one command).
     /// Callers answered by the previous batch then make it into this one,
     /// instead of every other batch. A lone command never waits.
     pub batch_wait: Duration,
@@ -64,6 +82,8 @@ impl Default for GroupCommitSettings {
         GroupCommitSettings {
             batch_commands_max: 256,
             batch_transfers_max: 2_000,
+            batch_bytes_max: 4 << 20,
+            lanes: 4,
             batch_wait: Duration::from_micros(500),
         }
     }
@@ -75,6 +95,10 @@ pub struct GroupCommitStats {
     pub batches: AtomicU64,
     pub commands: AtomicU64,
     pub batch_commands_max_seen: AtomicU64,
+    /// The most accounts one committed batch appended to.
+    pub batch_streams_max_seen: AtomicU64,
+    /// Appends that failed on a stream another writer had moved.
+    pub conflicts: AtomicU64,
 }
 
 impl GroupCommitStats {
@@ -97,30 +121,54 @@ struct Pending {
     reply: oneshot::Sender<Answer>,
 }
 
-struct Stripe {
+/// One account's commands in a batch, in arrival order, and what was
+/// decided for them (`None`: to decide, again after a conflict).
+struct Group {
+    iban: Iban,
+    account_id: Uuid,
+    pending: Vec<Pending>,
+    decision: Option<Decision>,
+}
+
+/// What a group's commands came to against one state of their account.
+struct Decision {
+    outcomes: Vec<Option<Answer>>,
+    events: Vec<NewEvent>,
+    /// Each appending command's last event, as an offset into `events`:
+    /// its position goes into the command's answer once appended.
+    last_events: Vec<Option<usize>>,
+    records: Vec<IdempotencyRecord>,
+    /// A repeated key within the group: (its command, the first one's).
+    repeats: Vec<(usize, usize)>,
+    /// The stream's head it was decided at, and the state it leaves.
+    head: StreamHead,
+    state: Option<Account>,
+}
+
+struct Lane {
     queue: std::sync::Mutex<Vec<Pending>>,
     /// Held by the leader while it decides and appends a batch.
     commit: Arc<tokio::sync::Mutex<()>>,
-    /// The state the last batch on this stripe left its account in, so the
-    /// next batch need not load it. Only the leader (holding `commit`)
-    /// touches it. If another process appended meanwhile, the append's
-    /// expected version fails and the batch reloads.
-    last: std::sync::Mutex<Option<(Iban, Account, StreamHead)>>,
+    /// The state each account was left in by the last batch that touched
+    /// it, so the next batch need not load it. Only the leader (holding
+    /// `commit`) touches it. If another writer appended meanwhile, the
+    /// append's expected version fails and that account is reloaded.
+    cache: std::sync::Mutex<HashMap<Uuid, (Account, StreamHead)>>,
     /// Whether the previous batch held more than one command.
     contended: std::sync::atomic::AtomicBool,
 }
 
-/// Accounts hash onto stripes; each stripe has one queue and one leader at
-/// a time. Collisions only mean two accounts' batches take turns.
-const STRIPES: usize = 1024;
+/// Accounts a lane remembers; past it, the cache starts again (a miss
+/// only costs a row in the batch's one load query).
+const CACHE_MAX: usize = 16_384;
 /// Version conflicts tolerated before a batch gives up (only other
-/// processes cause them).
+/// writers cause them).
 const APPEND_ATTEMPTS_MAX: u32 = 64;
 
 pub(crate) struct GroupCommit {
     pool: PgPool,
     settings: GroupCommitSettings,
-    stripes: Vec<Stripe>,
+    lanes: Vec<Lane>,
     pub(crate) stats: GroupCommitStats,
 }
 
@@ -128,23 +176,23 @@ impl GroupCommit {
     pub(crate) fn new(pool: PgPool, settings: GroupCommitSettings) -> GroupCommit {
         GroupCommit {
             pool,
-            settings,
-            stripes: (0..STRIPES)
-                .map(|_| Stripe {
+            lanes: (0..settings.lanes.max(1))
+                .map(|_| Lane {
                     queue: std::sync::Mutex::new(Vec::new()),
                     commit: Arc::new(tokio::sync::Mutex::new(())),
-                    last: std::sync::Mutex::new(None),
+                    cache: std::sync::Mutex::new(HashMap::new()),
                     contended: std::sync::atomic::AtomicBool::new(false),
                 })
                 .collect(),
+            settings,
             stats: GroupCommitStats::default(),
         }
     }
 
-    fn stripe_index(iban: &Iban) -> usize {
+    fn lane_index(&self, iban: &Iban) -> usize {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         iban.hash(&mut hasher);
-        (hasher.finish() as usize) % STRIPES
+        (hasher.finish() as usize) % self.lanes.len()
     }
 
     /// Queues a command and waits for its outcome, leading a batch when no
@@ -159,9 +207,9 @@ impl GroupCommit {
     ) -> Answer {
         let this = Arc::clone(self);
         let task = tokio::spawn(async move {
-            let index = GroupCommit::stripe_index(&iban);
+            let index = this.lane_index(&iban);
             let (reply, mut outcome) = oneshot::channel();
-            this.stripes[index].queue.lock().expect("queue lock").push(Pending {
+            this.lanes[index].queue.lock().expect("queue lock").push(Pending {
                 ctx,
                 idempotency,
                 iban,
@@ -170,7 +218,7 @@ impl GroupCommit {
                 reply,
             });
             loop {
-                let commit = Arc::clone(&this.stripes[index].commit);
+                let commit = Arc::clone(&this.lanes[index].commit);
                 tokio::select! {
                     biased;
                     result = &mut outcome => {
@@ -186,83 +234,128 @@ impl GroupCommit {
             .unwrap_or_else(|error| Err(AppError::Internal(anyhow::anyhow!("command task failed: {error}"))))
     }
 
-    /// Takes the stripe's queued commands and commits them, account by account.
+    /// Takes the lane's queued commands (within the bounds) and commits
+    /// them in one batch.
     async fn lead(&self, index: usize) {
-        let stripe = &self.stripes[index];
-        if !self.settings.batch_wait.is_zero() && stripe.contended.load(Ordering::Relaxed) {
-            let queued = stripe.queue.lock().expect("queue lock").len();
+        let lane = &self.lanes[index];
+        if !self.settings.batch_wait.is_zero() && lane.contended.load(Ordering::Relaxed) {
+            let queued = lane.queue.lock().expect("queue lock").len();
             if queued < self.settings.batch_commands_max {
                 tokio::time::sleep(self.settings.batch_wait).await;
             }
         }
         let batch: Vec<Pending> = {
-            let mut queue = stripe.queue.lock().expect("queue lock");
-            let mut take = 0;
-            let mut transfers = 0;
+            let mut queue = lane.queue.lock().expect("queue lock");
+            let (mut take, mut transfers, mut bytes) = (0, 0, 0);
             for pending in queue.iter().take(self.settings.batch_commands_max) {
-                transfers += weight(&pending.command);
-                if take > 0 && transfers > self.settings.batch_transfers_max {
+                let (t, b) = weight(&pending.command);
+                transfers += t;
+                bytes += b;
+                if take > 0 && (transfers > self.settings.batch_transfers_max || bytes > self.settings.batch_bytes_max)
+                {
                     break;
                 }
                 take += 1;
             }
             queue.drain(..take).collect()
         };
-        stripe.contended.store(batch.len() > 1, Ordering::Relaxed);
+        if batch.is_empty() {
+            return;
+        }
+        lane.contended.store(batch.len() > 1, Ordering::Relaxed);
         // Keep each account's commands in arrival order.
-        let mut groups: Vec<(Iban, Vec<Pending>)> = Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
+        let mut by_account: HashMap<Uuid, usize> = HashMap::new();
         for pending in batch {
-            match groups.iter_mut().find(|(iban, _)| *iban == pending.iban) {
-                Some((_, group)) => group.push(pending),
-                None => groups.push((pending.iban.clone(), vec![pending])),
-            }
+            let account_id = account_id_for(&pending.iban);
+            let at = *by_account.entry(account_id).or_insert_with(|| {
+                groups.push(Group {
+                    iban: pending.iban.clone(),
+                    account_id,
+                    pending: Vec::new(),
+                    decision: None,
+                });
+                groups.len() - 1
+            });
+            groups[at].pending.push(pending);
         }
-        for (iban, group) in groups {
-            self.commit_group(index, &iban, group).await;
-        }
+        self.commit_batch(index, groups).await;
     }
 
-    async fn commit_group(&self, index: usize, iban: &Iban, group: Vec<Pending>) {
-        let size = group.len() as u64;
+    /// Decides every group that has no decision yet, appends all of them in
+    /// one statement, and answers; retries as the module comment says.
+    async fn commit_batch(&self, index: usize, mut groups: Vec<Group>) {
         // Keys are first assumed new: the append's unique key on
         // idempotency_keys catches a repeat, and only then is the batch
         // decided again with its keys looked up. The common case costs one
         // statement per batch.
         let mut look_up_keys = false;
+        let started = std::time::Instant::now();
         for attempt in 0..APPEND_ATTEMPTS_MAX {
-            let started = std::time::Instant::now();
-            match self.try_group(index, iban, &group, look_up_keys).await {
-                Ok(outcomes) => {
+            if let Err(error) = self.decide(index, &mut groups, look_up_keys).await {
+                return self.fail(index, groups, error);
+            }
+            match self.append(&mut groups).await {
+                Ok(()) => {
                     metrics::histogram!(observability::BATCH_DURATION).record(started.elapsed().as_secs_f64());
+                    let size: u64 = groups.iter().map(|g| g.pending.len() as u64).sum();
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
                     self.stats.commands.fetch_add(size, Ordering::Relaxed);
                     self.stats.batch_commands_max_seen.fetch_max(size, Ordering::Relaxed);
+                    self.stats
+                        .batch_streams_max_seen
+                        .fetch_max(groups.len() as u64, Ordering::Relaxed);
                     metrics::histogram!(observability::BATCH_COMMANDS).record(size as f64);
-                    for (pending, outcome) in group.into_iter().zip(outcomes) {
-                        record_outcome(&pending.command, &outcome);
-                        // The caller may be gone; its command stands either way.
-                        let _ = pending.reply.send(outcome);
+                    metrics::histogram!(observability::BATCH_STREAMS).record(groups.len() as f64);
+                    self.remember(index, &groups);
+                    for group in groups {
+                        answer(group);
                     }
                     return;
                 }
-                Err(BatchError::Conflict) => {
-                    self.forget(index);
-                    tracing::debug!(%iban, attempt, "version conflict, deciding the batch again");
+                Err(BatchError::Conflict(stream)) => {
+                    self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    // Only the stream that moved is decided again; the
+                    // others keep their decisions (their states are ours).
+                    let moved: Vec<Uuid> = match stream {
+                        Some(stream) if groups.iter().any(|g| g.account_id == stream) => vec![stream],
+                        _ => groups.iter().map(|g| g.account_id).collect(),
+                    };
+                    for group in groups.iter_mut().filter(|g| moved.contains(&g.account_id)) {
+                        group.decision = None;
+                    }
+                    self.forget(index, &moved);
+                    tracing::debug!(?moved, attempt, "version conflict, deciding those accounts again");
                     tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(20)))).await;
                 }
-                Err(BatchError::KeyTaken) if !look_up_keys => look_up_keys = true,
-                Err(BatchError::KeyTaken) if group.len() > 1 => {
+                Err(BatchError::KeyTaken) if !look_up_keys => {
+                    look_up_keys = true;
+                    for group in &mut groups {
+                        group.decision = None;
+                    }
+                }
+                Err(BatchError::KeyTaken) if groups.len() > 1 || groups[0].pending.len() > 1 => {
                     // Another process recorded one of these keys meanwhile:
-                    // commit them one by one, so only that one replays.
-                    self.forget(index);
-                    for pending in group {
-                        Box::pin(self.commit_group(index, iban, vec![pending])).await;
+                    // commit the commands one by one, so only that one replays.
+                    let ids: Vec<Uuid> = groups.iter().map(|g| g.account_id).collect();
+                    self.forget(index, &ids);
+                    for group in groups {
+                        for pending in group.pending {
+                            let single = vec![Group {
+                                iban: group.iban.clone(),
+                                account_id: group.account_id,
+                                pending: vec![pending],
+                                decision: None,
+                            }];
+                            Box::pin(self.commit_batch(index, single)).await;
+                        }
                     }
                     return;
                 }
                 Err(BatchError::KeyTaken) => {
-                    // A batch of one: its key is now recorded; answer with it.
-                    let pending = group.into_iter().next().expect("a batch of one");
+                    // A command alone: its key is now recorded; answer with it.
+                    let group = groups.pop().expect("a batch of one");
+                    let pending = group.pending.into_iter().next().expect("a batch of one");
                     let kind = CommandKind::of(&pending.command);
                     let outcome = match &pending.idempotency {
                         Some((key, hash)) => match idempotency::lookup(&self.pool, key).await {
@@ -279,203 +372,281 @@ impl GroupCommit {
                     let _ = pending.reply.send(outcome);
                     return;
                 }
-                Err(BatchError::Failed(error)) => {
-                    self.forget(index);
-                    // Every command of the batch shares the failure, and its
-                    // kind: "nothing written" and "outcome unknown" stay
-                    // what they are for each of them. Never retried here: a
-                    // commit that may have happened is only safe to retry
-                    // for a client holding the idempotency key.
-                    for pending in group {
-                        let outcome = Err(error.share());
-                        record_outcome(&pending.command, &outcome);
-                        let _ = pending.reply.send(outcome);
-                    }
-                    return;
-                }
+                Err(BatchError::Failed(error)) => return self.fail(index, groups, error),
             }
         }
-        for pending in group {
-            let _ = pending.reply.send(Err(AppError::Internal(anyhow::anyhow!(
-                "account {iban} still conflicting after {APPEND_ATTEMPTS_MAX} attempts"
-            ))));
+        for group in groups {
+            for pending in group.pending {
+                let _ = pending.reply.send(Err(AppError::Internal(anyhow::anyhow!(
+                    "account {} still conflicting after {APPEND_ATTEMPTS_MAX} attempts",
+                    group.iban
+                ))));
+            }
         }
     }
 
-    /// Loads the account once, decides every command of the group against
-    /// the state in memory, appends all their events in one statement.
-    async fn try_group(
-        &self,
-        index: usize,
-        iban: &Iban,
-        group: &[Pending],
-        look_up_keys: bool,
-    ) -> Result<Vec<Answer>, BatchError> {
-        let cached = self.stripes[index]
-            .last
-            .lock()
-            .expect("cache lock")
-            .as_ref()
-            .filter(|(cached, _, _)| cached == iban)
-            .map(|(_, account, head)| (account.clone(), *head));
-        let loaded = match cached {
-            Some(state) => Some(state),
-            None => load_account(&self.pool, iban).await?,
-        };
-        let (mut state, head) = match loaded {
-            Some((account, head)) => (Some(account), head),
-            None => (None, StreamHead::EMPTY),
-        };
-        let keys: Vec<&IdempotencyKey> = group
-            .iter()
-            .filter_map(|p| p.idempotency.as_ref().map(|(key, _)| key))
-            .collect();
-        let recorded = if keys.is_empty() || !look_up_keys {
-            HashMap::new()
-        } else {
-            idempotency::lookup_many(&self.pool, &keys)
-                .await
-                .map_err(AppendError::Database)?
-        };
-
-        let mut outcomes: Vec<Option<Answer>> = (0..group.len()).map(|_| None).collect();
-        let mut events: Vec<NewEvent> = Vec::new();
-        // Each appending command's last event, as an offset into `events`:
-        // its position goes into the command's answer once appended.
-        let mut last_events: Vec<Option<usize>> = vec![None; group.len()];
-        let mut records: Vec<IdempotencyRecord> = Vec::new();
-        // A key seen earlier in this batch: (index of its first command, request hash).
-        let mut batch_keys: HashMap<&IdempotencyKey, (usize, [u8; 32])> = HashMap::new();
-        let mut repeats: Vec<(usize, usize)> = Vec::new();
-        for (index, pending) in group.iter().enumerate() {
-            if let Some((key, hash)) = &pending.idempotency {
-                if let Some(recorded) = recorded.get(key) {
-                    outcomes[index] = Some(replay(CommandKind::of(&pending.command), recorded, hash));
-                    continue;
-                }
-                if let Some((first, first_hash)) = batch_keys.get(key) {
-                    outcomes[index] = if first_hash == hash {
-                        None
-                    } else {
-                        Some(Err(idempotency::key_reused().into()))
-                    };
-                    if first_hash == hash {
-                        repeats.push((index, *first));
-                    }
-                    continue;
-                }
+    /// Every command of the batch shares the failure, and its kind:
+    /// "nothing written" and "outcome unknown" stay what they are for each
+    /// of them. Never retried here: a commit that may have happened is only
+    /// safe to retry for a client holding the idempotency key.
+    fn fail(&self, index: usize, groups: Vec<Group>, error: AppError) {
+        let ids: Vec<Uuid> = groups.iter().map(|g| g.account_id).collect();
+        self.forget(index, &ids);
+        for group in groups {
+            for pending in group.pending {
+                let outcome = Err(error.share());
+                record_outcome(&pending.command, &outcome);
+                let _ = pending.reply.send(outcome);
             }
-            let decided = match domain::decide(state.as_ref(), &pending.command) {
-                Ok(decided) => decided,
-                Err(refusal) => {
-                    outcomes[index] = Some(Err(refusal_problem(&refusal, iban).into()));
-                    continue;
-                }
-            };
-            let decision = match (pending.render)(state.as_ref(), &decided) {
-                Ok(decision) => decision,
-                Err(error) => {
-                    outcomes[index] = Some(Err(error));
-                    continue;
-                }
-            };
-            state = Some(domain::evolve(state.take(), &decided));
-            let (actor, api_key_id) = pending.ctx.principal.metadata();
-            let metadata = json!({
-                "request_id": pending.ctx.request_id,
-                "idempotency_key": pending.idempotency.as_ref().map(|(key, _)| key.as_str()),
-                "command": CommandKind::of(&pending.command).name(),
-                "actor": actor,
-                "api_key_id": api_key_id,
-            });
-            events.extend(decided.into_iter().map(|event| NewEvent {
-                event,
-                metadata: metadata.clone(),
-            }));
-            last_events[index] = events.len().checked_sub(1);
-            if let Some((key, hash)) = &pending.idempotency {
-                // Recorded only when a key may ask for it again.
-                let (status, body) = record_of(&decision);
-                records.push(IdempotencyRecord {
-                    scope: key.scope().to_owned(),
-                    key: key.as_str().to_owned(),
-                    request_hash: *hash,
-                    response_status: status,
-                    response_body: body,
-                    last_version: head.version + events.len() as i64,
-                });
-                batch_keys.insert(key, (index, *hash));
-            }
-            outcomes[index] = Some(Ok(Outcome {
-                result: decision,
-                replayed: false,
-            }));
         }
-        let head = if events.is_empty() {
-            head
+    }
+
+    /// Decides the groups that have no decision: their accounts' states from
+    /// the lane's cache, or all of the missing ones in one query.
+    async fn decide(&self, index: usize, groups: &mut [Group], look_up_keys: bool) -> Result<(), AppError> {
+        let undecided: Vec<usize> = (0..groups.len()).filter(|&i| groups[i].decision.is_none()).collect();
+        if undecided.is_empty() {
+            return Ok(());
+        }
+        let mut states: HashMap<Uuid, (Account, StreamHead)> = {
+            let cache = self.lanes[index].cache.lock().expect("cache lock");
+            undecided
+                .iter()
+                .filter_map(|&i| {
+                    let id = groups[i].account_id;
+                    cache.get(&id).map(|state| (id, state.clone()))
+                })
+                .collect()
+        };
+        let missing: Vec<Uuid> = undecided
+            .iter()
+            .map(|&i| groups[i].account_id)
+            .filter(|id| !states.contains_key(id))
+            .collect();
+        if !missing.is_empty() {
+            states.extend(load_accounts(&self.pool, &missing).await?);
+        }
+        let recorded = if look_up_keys {
+            let keys: Vec<&IdempotencyKey> = undecided
+                .iter()
+                .flat_map(|&i| groups[i].pending.iter())
+                .filter_map(|p| p.idempotency.as_ref().map(|(key, _)| key))
+                .collect();
+            if keys.is_empty() {
+                HashMap::new()
+            } else {
+                idempotency::lookup_many(&self.pool, &keys).await?
+            }
         } else {
-            // Acquired apart from the append, so that a failure to get a
-            // connection (nothing sent: safe to retry) is never taken for
-            // a connection lost in flight (outcome unknown).
-            let mut connection = self.pool.acquire().await.map_err(AppError::from)?;
-            let appended = event_store::append(
-                &mut *connection,
-                account_id_for(iban),
-                head,
-                &events,
-                Utc::now(),
-                &records,
-            )
-            .await?;
-            for (outcome, last) in outcomes.iter_mut().zip(&last_events) {
+            HashMap::new()
+        };
+        for i in undecided {
+            let group = &mut groups[i];
+            let (state, head) = match states.remove(&group.account_id) {
+                Some((account, head)) => (Some(account), head),
+                None => (None, StreamHead::EMPTY),
+            };
+            group.decision = Some(decide_group(&group.iban, &group.pending, state, head, &recorded));
+        }
+        Ok(())
+    }
+
+    /// Appends every group's events in one statement, on a connection
+    /// acquired apart from it (so that a failure to get one, with nothing
+    /// sent, is never taken for a connection lost in flight), and puts the
+    /// positions into the answers.
+    async fn append(&self, groups: &mut [Group]) -> Result<(), BatchError> {
+        let appends: Vec<(usize, StreamAppend<'_>)> = groups
+            .iter()
+            .enumerate()
+            .filter_map(|(i, group)| {
+                let decision = group.decision.as_ref().expect("decided");
+                (!decision.events.is_empty()).then_some((
+                    i,
+                    StreamAppend {
+                        stream_id: group.account_id,
+                        head: decision.head,
+                        events: &decision.events,
+                        records: &decision.records,
+                    },
+                ))
+            })
+            .collect();
+        if appends.is_empty() {
+            return Ok(());
+        }
+        let (indices, appends): (Vec<usize>, Vec<StreamAppend<'_>>) = appends.into_iter().unzip();
+        let mut connection = self.pool.acquire().await.map_err(AppError::from)?;
+        let appended = event_store::append_many(&mut *connection, &appends, Utc::now()).await?;
+        drop(appends);
+        for (i, stream) in indices.into_iter().zip(appended) {
+            let decision = groups[i].decision.as_mut().expect("decided");
+            for (outcome, last) in decision.outcomes.iter_mut().zip(&decision.last_events) {
                 if let (Some(Ok(Outcome { result: Ok(view), .. })), Some(last)) = (outcome, last)
-                    && let Some(position) = appended.positions.get(*last)
+                    && let Some(position) = stream.positions.get(*last)
                 {
                     view.at_position(*position);
                 }
             }
-            appended.head
-        };
-        if let Some(account) = &state {
-            *self.stripes[index].last.lock().expect("cache lock") = Some((iban.clone(), account.clone(), head));
-        }
-        if !events.is_empty() {
-            for new in &events {
+            for new in &decision.events {
                 metrics::counter!(observability::EVENTS_APPENDED, "type" => new.event.event_type()).increment(1);
             }
+            decision.head = stream.head;
         }
-        // A repeated key within the batch gets its first command's answer.
-        for (index, first) in repeats {
-            outcomes[index] = Some(match &outcomes[first] {
-                Some(Ok(outcome)) => Ok(Outcome {
-                    replayed: true,
-                    ..outcome.clone()
-                }),
-                Some(Err(AppError::Client(problem))) => Err(AppError::Client(problem.clone())),
-                _ => Err(AppError::Internal(anyhow::anyhow!(
-                    "the first command with this key failed"
-                ))),
+        Ok(())
+    }
+
+    /// Keeps the states a committed batch left its accounts in.
+    fn remember(&self, index: usize, groups: &[Group]) {
+        let mut cache = self.lanes[index].cache.lock().expect("cache lock");
+        if cache.len() + groups.len() > CACHE_MAX {
+            cache.clear();
+        }
+        for group in groups {
+            let decision = group.decision.as_ref().expect("decided");
+            if let Some(account) = &decision.state {
+                cache.insert(group.account_id, (account.clone(), decision.head));
+            }
+        }
+    }
+
+    /// Drops cached states: the next batch loads those accounts afresh.
+    fn forget(&self, index: usize, accounts: &[Uuid]) {
+        let mut cache = self.lanes[index].cache.lock().expect("cache lock");
+        for id in accounts {
+            cache.remove(id);
+        }
+    }
+}
+
+/// Decides one account's commands one after the other against its state.
+fn decide_group(
+    iban: &Iban,
+    group: &[Pending],
+    mut state: Option<Account>,
+    head: StreamHead,
+    recorded: &HashMap<IdempotencyKey, Recorded>,
+) -> Decision {
+    let mut outcomes: Vec<Option<Answer>> = (0..group.len()).map(|_| None).collect();
+    let mut events: Vec<NewEvent> = Vec::new();
+    let mut last_events: Vec<Option<usize>> = vec![None; group.len()];
+    let mut records: Vec<IdempotencyRecord> = Vec::new();
+    // A key seen earlier in this group: (index of its first command, request hash).
+    let mut batch_keys: HashMap<&IdempotencyKey, (usize, [u8; 32])> = HashMap::new();
+    let mut repeats: Vec<(usize, usize)> = Vec::new();
+    for (index, pending) in group.iter().enumerate() {
+        if let Some((key, hash)) = &pending.idempotency {
+            if let Some(recorded) = recorded.get(key) {
+                outcomes[index] = Some(replay(CommandKind::of(&pending.command), recorded, hash));
+                continue;
+            }
+            if let Some((first, first_hash)) = batch_keys.get(key) {
+                if first_hash == hash {
+                    repeats.push((index, *first));
+                } else {
+                    outcomes[index] = Some(Err(idempotency::key_reused().into()));
+                }
+                continue;
+            }
+        }
+        let decided = match domain::decide(state.as_ref(), &pending.command) {
+            Ok(decided) => decided,
+            Err(refusal) => {
+                outcomes[index] = Some(Err(refusal_problem(&refusal, iban).into()));
+                continue;
+            }
+        };
+        let decision = match (pending.render)(state.as_ref(), &decided) {
+            Ok(decision) => decision,
+            Err(error) => {
+                outcomes[index] = Some(Err(error));
+                continue;
+            }
+        };
+        state = Some(domain::evolve(state.take(), &decided));
+        let (actor, api_key_id) = pending.ctx.principal.metadata();
+        let metadata = json!({
+            "request_id": pending.ctx.request_id,
+            "idempotency_key": pending.idempotency.as_ref().map(|(key, _)| key.as_str()),
+            "command": CommandKind::of(&pending.command).name(),
+            "actor": actor,
+            "api_key_id": api_key_id,
+        });
+        events.extend(decided.into_iter().map(|event| NewEvent {
+            event,
+            metadata: metadata.clone(),
+        }));
+        last_events[index] = events.len().checked_sub(1);
+        if let Some((key, hash)) = &pending.idempotency {
+            // Recorded only when a key may ask for it again.
+            let (status, body) = record_of(&decision);
+            records.push(IdempotencyRecord {
+                scope: key.scope().to_owned(),
+                key: key.as_str().to_owned(),
+                request_hash: *hash,
+                response_status: status,
+                response_body: body,
+                last_version: head.version + events.len() as i64,
             });
+            batch_keys.insert(key, (index, *hash));
         }
-        Ok(outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| Err(AppError::Internal(anyhow::anyhow!("command left undecided")))))
-            .collect())
+        outcomes[index] = Some(Ok(Outcome {
+            result: decision,
+            replayed: false,
+        }));
+    }
+    Decision {
+        outcomes,
+        events,
+        last_events,
+        records,
+        repeats,
+        head,
+        state,
     }
 }
 
-impl GroupCommit {
-    /// Drops the stripe's cached state: the next batch loads it afresh.
-    fn forget(&self, index: usize) {
-        *self.stripes[index].last.lock().expect("cache lock") = None;
+/// Answers every command of a committed group; a repeated key within it
+/// gets its first command's answer.
+fn answer(group: Group) {
+    let Decision {
+        mut outcomes, repeats, ..
+    } = group.decision.expect("decided");
+    for (index, first) in repeats {
+        outcomes[index] = Some(match &outcomes[first] {
+            Some(Ok(outcome)) => Ok(Outcome {
+                replayed: true,
+                ..outcome.clone()
+            }),
+            Some(Err(AppError::Client(problem))) => Err(AppError::Client(problem.clone())),
+            _ => Err(AppError::Internal(anyhow::anyhow!(
+                "the first command with this key failed"
+            ))),
+        });
+    }
+    for (pending, outcome) in group.pending.into_iter().zip(outcomes) {
+        let outcome = outcome.unwrap_or_else(|| Err(AppError::Internal(anyhow::anyhow!("command left undecided"))));
+        record_outcome(&pending.command, &outcome);
+        // The caller may be gone; its command stands either way.
+        let _ = pending.reply.send(outcome);
     }
 }
 
-/// A command's share of a batch's transfer budget.
-fn weight(command: &Command) -> usize {
+/// A command's share of a batch's budgets: transfers (a bulk counts its
+/// transfers, any other command one), and an estimate of its events'
+/// payload bytes.
+fn weight(command: &Command) -> (usize, usize) {
     match command {
-        Command::TransferBulk(bulk) => bulk.transfers.len().max(1),
-        _ => 1,
+        Command::TransferBulk(bulk) => (
+            bulk.transfers.len().max(1),
+            256 + bulk.organization_name.len()
+                + bulk
+                    .transfers
+                    .iter()
+                    .map(|t| 224 + t.counterparty_name.len() + t.description.len())
+                    .sum::<usize>(),
+        ),
+        _ => (1, 512),
     }
 }
 
@@ -501,8 +672,9 @@ fn record_outcome(command: &Command, outcome: &Answer) {
 
 /// Why a batch did not commit.
 enum BatchError {
-    /// Another writer appended to the stream: decide the batch again.
-    Conflict,
+    /// Another writer appended to a stream (this one, when PostgreSQL says
+    /// which): decide it again.
+    Conflict(Option<Uuid>),
     /// Another process recorded one of the batch's idempotency keys.
     KeyTaken,
     Failed(AppError),
@@ -511,7 +683,7 @@ enum BatchError {
 impl From<AppendError> for BatchError {
     fn from(error: AppendError) -> BatchError {
         match error {
-            AppendError::VersionConflict => BatchError::Conflict,
+            AppendError::VersionConflict(stream) => BatchError::Conflict(stream),
             AppendError::IdempotencyKeyTaken => BatchError::KeyTaken,
             AppendError::Database(error) => BatchError::Failed(error.into()),
             AppendError::OutcomeUnknown(error) => BatchError::Failed(AppError::OutcomeUnknown(

@@ -153,6 +153,22 @@ impl Ledger {
         self.group_commit.stats.snapshot()
     }
 
+    /// The most accounts one committed group-commit batch appended to.
+    pub fn group_commit_accounts_max(&self) -> u64 {
+        self.group_commit
+            .stats
+            .batch_streams_max_seen
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Group-commit appends that failed on a stream another writer had moved.
+    pub fn group_commit_conflicts(&self) -> u64 {
+        self.group_commit
+            .stats
+            .conflicts
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

@@ -39,7 +39,7 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "LEDGER_REQUEST_TIMEOUT_MS", default_value_t = Limits::default().request_timeout.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     request_timeout_ms: u64,
-    /// Most commands on one account decided and appended together (group commit).
+    /// Most commands decided and appended together in one group-commit batch (across accounts).
     #[arg(long, env = "LEDGER_BATCH_COMMANDS_MAX", default_value_t = GroupCommitSettings::default().batch_commands_max,
           value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
     batch_commands_max: usize,
@@ -47,6 +47,14 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "LEDGER_BATCH_TRANSFERS_MAX", default_value_t = GroupCommitSettings::default().batch_transfers_max,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|n| n as usize))]
     batch_transfers_max: usize,
+    /// Most estimated bytes of event payload in one group-commit batch (a larger command is a batch of its own).
+    #[arg(long, env = "LEDGER_BATCH_BYTES_MAX", default_value_t = GroupCommitSettings::default().batch_bytes_max,
+          value_parser = clap::value_parser!(u32).range(1_024..=1_073_741_824).map(|n| n as usize))]
+    batch_bytes_max: usize,
+    /// Group-commit lanes committing at the same time; each account belongs to one.
+    #[arg(long, env = "LEDGER_BATCH_LANES", default_value_t = GroupCommitSettings::default().lanes,
+          value_parser = clap::value_parser!(u32).range(1..=1_024).map(|n| n as usize))]
+    batch_lanes: usize,
     /// Hours an idempotency key is remembered (at least 24).
     #[arg(long, env = "LEDGER_IDEMPOTENCY_TTL_HOURS", default_value_t = 168,
           value_parser = clap::value_parser!(u64).range(crate::app::idempotency::TTL_HOURS_MIN..=87_600))]
@@ -94,6 +102,8 @@ pub(super) async fn run(pool: PgPool, base: Settings, args: ServeArgs, embedded:
         group_commit: GroupCommitSettings {
             batch_commands_max: args.batch_commands_max,
             batch_transfers_max: args.batch_transfers_max,
+            batch_bytes_max: args.batch_bytes_max,
+            lanes: args.batch_lanes,
             batch_wait: Duration::from_micros(args.batch_wait_us),
         },
         idempotency_ttl: Duration::from_secs(args.idempotency_ttl_hours * 3600),

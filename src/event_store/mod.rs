@@ -12,6 +12,8 @@
 mod feed;
 pub mod hash;
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -71,7 +73,7 @@ pub enum AppendError {
     /// Another writer appended to the stream since it was read: reload and
     /// decide again.
     #[error("stream version conflict")]
-    VersionConflict,
+    VersionConflict(Option<Uuid>),
     /// A concurrent request with the same idempotency key committed first.
     #[error("idempotency key already recorded")]
     IdempotencyKeyTaken,
@@ -123,32 +125,10 @@ impl StoredEvent {
     }
 }
 
-const APPEND_SQL: &str = r#"
-WITH ins AS (
-    INSERT INTO events (stream_id, version, event_type, schema_version, data, metadata, recorded_at, hash)
-    SELECT $1, v, t, s, d, m, $7, h
-    FROM unnest($2::bigint[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[], $8::bytea[]) AS u(v, t, s, d, m, h)
-    RETURNING *
-), idem AS (
-    INSERT INTO idempotency_keys (scope, key, request_hash, stream_id, response_status, response_body, position)
-    SELECT c, k, h, $1, s, b, (SELECT ins.position FROM ins WHERE ins.version = lv)
-    FROM unnest($13::text[], $9::text[], $10::bytea[], $11::int2[], $12::text[], $14::bigint[])
-         AS i(c, k, h, s, b, lv)
-    RETURNING 1
-), proj AS (
-    SELECT projection_balances_apply(batch) AS balances, projection_transactions_apply(batch) AS transactions
-    FROM (SELECT array_agg(ins::events ORDER BY ins.version) AS batch FROM ins) AS b
-)
-SELECT (SELECT min(position) FROM ins) AS first_position,
-       (SELECT max(position) FROM ins) AS last_position,
-       (SELECT array_agg(position ORDER BY version) FROM ins) AS positions,
-       (SELECT count(*) FROM idem) AS keys,
-       (SELECT balances + transactions FROM proj) AS projected
-"#;
-
 /// Appends `events` to `stream_id`, which must be at `head` (optimistic
 /// concurrency), chaining their hashes from `head.hash`, and applies the
-/// inline projections in the same statement.
+/// inline projections and records `idempotency` in the same statement:
+/// [`append_many`] of one stream.
 ///
 /// Pass a connection already acquired (or a transaction), not a pool:
 /// then a broken connection is [`AppendError::OutcomeUnknown`] for sure,
@@ -162,49 +142,27 @@ pub async fn append<'e, E: sqlx::PgExecutor<'e>>(
     idempotency: &[IdempotencyRecord],
 ) -> Result<Appended, AppendError> {
     assert!(!events.is_empty(), "an append carries at least one event");
-    // PostgreSQL keeps microseconds; hash exactly what will be stored.
-    let recorded_at = recorded_at.trunc_subsecs(6);
-    let Chained {
-        versions,
-        types,
-        schemas,
-        payloads,
-        metadatas,
-        hashes,
-        head: new_head,
-    } = chain(stream_id, head, events, recorded_at);
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        first_position: Option<i64>,
-        last_position: Option<i64>,
-        positions: Option<Vec<i64>>,
-    }
-    let row: Row = sqlx::query_as(APPEND_SQL)
-        .bind(stream_id)
-        .bind(&versions)
-        .bind(&types)
-        .bind(&schemas)
-        .bind(&payloads)
-        .bind(&metadatas)
-        .bind(recorded_at)
-        .bind(&hashes)
-        .bind(idempotency.iter().map(|i| i.key.as_str()).collect::<Vec<_>>())
-        .bind(idempotency.iter().map(|i| i.request_hash.to_vec()).collect::<Vec<_>>())
-        .bind(idempotency.iter().map(|i| i.response_status as i16).collect::<Vec<_>>())
-        .bind(idempotency.iter().map(|i| i.response_body.as_str()).collect::<Vec<_>>())
-        .bind(idempotency.iter().map(|i| i.scope.as_str()).collect::<Vec<_>>())
-        .bind(idempotency.iter().map(|i| i.last_version).collect::<Vec<_>>())
-        .fetch_one(executor)
-        .await
-        .map_err(classify)?;
-    let (Some(first_position), Some(last_position)) = (row.first_position, row.last_position) else {
+    let appended = append_many(
+        executor,
+        &[StreamAppend {
+            stream_id,
+            head,
+            events,
+            records: idempotency,
+        }],
+        recorded_at,
+    )
+    .await?
+    .pop()
+    .expect("one stream appended");
+    let (Some(&first_position), Some(&last_position)) = (appended.positions.first(), appended.positions.last()) else {
         unreachable!("an append of {} events returned no positions", events.len());
     };
     Ok(Appended {
         first_position,
         last_position,
-        positions: row.positions.unwrap_or_default(),
-        head: new_head,
+        positions: appended.positions,
+        head: appended.head,
     })
 }
 
@@ -267,6 +225,17 @@ pub struct StreamAppend<'a> {
     /// Where the stream must be (optimistic concurrency).
     pub head: StreamHead,
     pub events: &'a [NewEvent],
+    /// Idempotency keys of the commands whose events these are; each
+    /// record's `last_version` is a version among `events`.
+    pub records: &'a [IdempotencyRecord],
+}
+
+/// One stream's part of an [`append_many`], once committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAppended {
+    pub head: StreamHead,
+    /// Each appended event's position, in version order.
+    pub positions: Vec<i64>,
 }
 
 const APPEND_MANY_SQL: &str = r#"
@@ -276,34 +245,50 @@ WITH ins AS (
     FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[], $8::bytea[])
          AS u(st, v, t, s, d, m, h)
     RETURNING *
+), idem AS (
+    INSERT INTO idempotency_keys (scope, key, request_hash, stream_id, response_status, response_body, position)
+    SELECT i.c, i.k, i.h, i.st, i.s, i.b, ins.position
+    FROM unnest($9::text[], $10::text[], $11::bytea[], $12::uuid[], $13::int2[], $14::text[], $15::bigint[])
+         AS i(c, k, h, st, s, b, lv)
+    LEFT JOIN ins ON ins.stream_id = i.st AND ins.version = i.lv
+    RETURNING 1
 ), proj AS (
     SELECT projection_balances_apply(batch) AS balances, projection_transactions_apply(batch) AS transactions
     FROM (SELECT array_agg(ins::events ORDER BY ins.stream_id, ins.version) AS batch FROM ins) AS b
 )
-SELECT (SELECT count(*) FROM ins) AS appended, (SELECT balances + transactions FROM proj) AS projected
+SELECT (SELECT array_agg(position ORDER BY stream_id, version) FROM ins) AS positions,
+       (SELECT array_agg(stream_id ORDER BY stream_id, version) FROM ins) AS streams,
+       (SELECT array_agg(version ORDER BY stream_id, version) FROM ins) AS versions,
+       (SELECT count(*) FROM idem) AS keys,
+       (SELECT balances + transactions FROM proj) AS projected
 "#;
 
-/// Appends to several streams in one statement, each at its own expected
-/// head, with the inline projections: all of it commits or none of it does.
-/// A stream that moved meanwhile fails the whole statement
-/// ([`AppendError::VersionConflict`]); so does a transfer credited or
+/// Appends to several streams in one statement — each at its own expected
+/// head, with the inline projections and the idempotency keys: all of it
+/// commits or none of it does, with one fsync. A stream that moved
+/// meanwhile fails the whole statement ([`AppendError::VersionConflict`],
+/// naming the stream when PostgreSQL does); so does a transfer credited or
 /// returned twice (the `events_transfer_leg_key` index). Returns each
-/// stream's new head, in the order given.
+/// stream's new head and positions, in the order given.
+///
+/// Pass a connection already acquired (or a transaction), not a pool: then
+/// a broken connection is [`AppendError::OutcomeUnknown`] for sure.
 pub async fn append_many<'e, E: sqlx::PgExecutor<'e>>(
     executor: E,
     appends: &[StreamAppend<'_>],
     recorded_at: DateTime<Utc>,
-) -> Result<Vec<StreamHead>, AppendError> {
+) -> Result<Vec<StreamAppended>, AppendError> {
+    // PostgreSQL keeps microseconds; hash exactly what will be stored.
     let recorded_at = recorded_at.trunc_subsecs(6);
-    let (mut streams, mut versions, mut types, mut schemas, mut payloads, mut metadatas, mut hashes) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
+    let events: usize = appends.iter().map(|a| a.events.len()).sum();
+    let records: usize = appends.iter().map(|a| a.records.len()).sum();
+    let mut streams = Vec::with_capacity(events);
+    let mut versions = Vec::with_capacity(events);
+    let mut types = Vec::with_capacity(events);
+    let mut schemas = Vec::with_capacity(events);
+    let mut payloads = Vec::with_capacity(events);
+    let mut metadatas = Vec::with_capacity(events);
+    let mut hashes = Vec::with_capacity(events);
     let mut heads = Vec::with_capacity(appends.len());
     for append in appends {
         let chained = chain(append.stream_id, append.head, append.events, recorded_at);
@@ -317,9 +302,27 @@ pub async fn append_many<'e, E: sqlx::PgExecutor<'e>>(
         heads.push(chained.head);
     }
     if streams.is_empty() {
-        return Ok(heads);
+        return Ok(heads
+            .into_iter()
+            .map(|head| StreamAppended {
+                head,
+                positions: Vec::new(),
+            })
+            .collect());
     }
-    sqlx::query(APPEND_MANY_SQL)
+    let mut keys = IdempotencyColumns::with_capacity(records);
+    for append in appends {
+        for record in append.records {
+            keys.push(append.stream_id, record);
+        }
+    }
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        positions: Option<Vec<i64>>,
+        streams: Option<Vec<Uuid>>,
+        versions: Option<Vec<i64>>,
+    }
+    let row: Row = sqlx::query_as(APPEND_MANY_SQL)
         .bind(&streams)
         .bind(&versions)
         .bind(&types)
@@ -328,10 +331,71 @@ pub async fn append_many<'e, E: sqlx::PgExecutor<'e>>(
         .bind(&metadatas)
         .bind(recorded_at)
         .bind(&hashes)
-        .execute(executor)
+        .bind(&keys.scopes)
+        .bind(&keys.keys)
+        .bind(&keys.request_hashes)
+        .bind(&keys.streams)
+        .bind(&keys.statuses)
+        .bind(&keys.bodies)
+        .bind(&keys.last_versions)
+        .fetch_one(executor)
         .await
         .map_err(classify)?;
-    Ok(heads)
+    // Each stream's positions, in version order (the rows come sorted by
+    // stream, then version).
+    let mut positions: HashMap<Uuid, Vec<i64>> = HashMap::with_capacity(appends.len());
+    for ((stream, _version), position) in row
+        .streams
+        .unwrap_or_default()
+        .into_iter()
+        .zip(row.versions.unwrap_or_default())
+        .zip(row.positions.unwrap_or_default())
+    {
+        positions.entry(stream).or_default().push(position);
+    }
+    Ok(appends
+        .iter()
+        .zip(heads)
+        .map(|(append, head)| StreamAppended {
+            head,
+            positions: positions.remove(&append.stream_id).unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// The idempotency records of an append, as the statement's arrays.
+struct IdempotencyColumns<'a> {
+    scopes: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    request_hashes: Vec<&'a [u8]>,
+    streams: Vec<Uuid>,
+    statuses: Vec<i16>,
+    bodies: Vec<&'a str>,
+    last_versions: Vec<i64>,
+}
+
+impl<'a> IdempotencyColumns<'a> {
+    fn with_capacity(n: usize) -> Self {
+        IdempotencyColumns {
+            scopes: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            request_hashes: Vec::with_capacity(n),
+            streams: Vec::with_capacity(n),
+            statuses: Vec::with_capacity(n),
+            bodies: Vec::with_capacity(n),
+            last_versions: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, stream: Uuid, record: &'a IdempotencyRecord) {
+        self.scopes.push(&record.scope);
+        self.keys.push(&record.key);
+        self.request_hashes.push(&record.request_hash);
+        self.streams.push(stream);
+        self.statuses.push(record.response_status as i16);
+        self.bodies.push(&record.response_body);
+        self.last_versions.push(record.last_version);
+    }
 }
 
 fn classify(error: sqlx::Error) -> AppendError {
@@ -340,19 +404,30 @@ fn classify(error: sqlx::Error) -> AppendError {
     }
     if let sqlx::Error::Database(db) = &error {
         match db.constraint() {
-            Some("events_stream_version_key") => return AppendError::VersionConflict,
+            Some("events_stream_version_key") => {
+                return AppendError::VersionConflict(conflicting_stream(db.as_ref()));
+            }
             Some("idempotency_keys_pkey") => return AppendError::IdempotencyKeyTaken,
             // A transfer's credit or return appended by someone else first:
             // as for a stream that moved, read again and decide again.
-            Some("events_transfer_leg_key") => return AppendError::VersionConflict,
+            Some("events_transfer_leg_key") => return AppendError::VersionConflict(None),
             // Two first appends to a stream racing on the projection's row.
-            Some("balances_pkey") | Some("balances_iban_key") => {
-                return AppendError::VersionConflict;
-            }
+            Some("balances_pkey") => return AppendError::VersionConflict(conflicting_stream(db.as_ref())),
+            Some("balances_iban_key") => return AppendError::VersionConflict(None),
             _ => {}
         }
     }
     AppendError::Database(error)
+}
+
+/// The stream a unique violation names, from PostgreSQL's detail
+/// (`Key (stream_id, version)=(<uuid>, 7) already exists.`), so that a
+/// batch re-decides only that stream's commands.
+fn conflicting_stream(error: &dyn sqlx::error::DatabaseError) -> Option<Uuid> {
+    let detail = error.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()?.detail()?;
+    let values = detail.split_once("=(")?.1;
+    let end = values.find([',', ')'])?;
+    Uuid::parse_str(values[..end].trim()).ok()
 }
 
 const SELECT_EVENTS: &str =
@@ -405,7 +480,7 @@ mod tests {
         for projection in PROJECTIONS {
             let call = format!("projection_{}_apply(batch)", projection.name);
             assert_eq!(
-                super::APPEND_SQL.contains(&call),
+                super::APPEND_MANY_SQL.contains(&call),
                 projection.mode == Mode::Inline,
                 "{} ({:?})",
                 projection.name,

@@ -128,3 +128,148 @@ async fn two_servers_on_one_database_never_overdraw() {
     assert_eq!(account["balance_cents"], 100);
     assert_eq!(account["version"], 62, "gapless: open, deposit, 60 bulks");
 }
+
+fn iban_of(number: u64) -> String {
+    // A German IBAN with valid check digits (ISO 13616 mod 97).
+    let bban = format!("37040044{number:010}");
+    let digits = format!("{bban}131400");
+    let remainder = digits.bytes().fold(0u32, |n, d| (n * 10 + u32::from(d - b'0')) % 97);
+    format!("DE{:02}{bban}", 98 - remainder)
+}
+
+async fn open_funded(app: &TestApp, iban: &str, name: &str, amount: &str) {
+    let (status, body) = app
+        .post(
+            "/v1/accounts",
+            &serde_json::json!({"organization_name": name, "iban": iban, "bic": ACME_BIC, "currency": "EUR"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = app
+        .post(
+            &format!("/v1/accounts/{iban}/deposits"),
+            &serde_json::json!({"amount": amount}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+fn bulk_from(iban: &str, name: &str, amount: &str) -> serde_json::Value {
+    serde_json::json!({"organization_name": name, "organization_bic": ACME_BIC, "organization_iban": iban,
+                       "credit_transfers": [transfer(amount)]})
+}
+
+/// Group commit across accounts: 480 concurrent bulks spread over 40
+/// accounts share batches (one statement for several accounts), and every
+/// account is still exact on its own: 12 bulks of 1.00 against 10.00 are
+/// 10 accepted and 2 refused, its stream gapless.
+#[tokio::test]
+async fn commands_for_many_accounts_share_batches_and_each_account_stays_exact() {
+    let app = TestApp::spawn().await;
+    let accounts: Vec<(String, String)> = (1..=40).map(|i| (iban_of(i), format!("Spread {i} GmbH"))).collect();
+    for (iban, name) in &accounts {
+        open_funded(&app, iban, name, "10.00").await;
+    }
+    let (batches_before, commands_before, _) = app.ledger.group_commit_stats();
+    let requests = (0..12).flat_map(|_| {
+        accounts.iter().map(|(iban, name)| {
+            app.client
+                .post(app.url("/v1/transfer/bulk"))
+                .json(&bulk_from(iban, name, "1.00"))
+                .send()
+        })
+    });
+    let statuses: Vec<u16> = join_all(requests)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 400, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 422).count(), 80, "{statuses:?}");
+    for (iban, _) in &accounts {
+        assert_eq!(app.balance_cents(iban).await, 0, "{iban}");
+    }
+    let gaps: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT stream_id, max(version) <> count(*) AS gap FROM events GROUP BY stream_id) s \
+         WHERE gap",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(gaps, 0, "every stream is gapless");
+    let (batches, commands, _) = app.ledger.group_commit_stats();
+    let (batches, commands) = (batches - batches_before, commands - commands_before);
+    assert_eq!(commands, 480);
+    assert!(batches < 480, "grouped: {commands} commands in {batches} batches");
+    assert!(
+        app.ledger.group_commit_accounts_max() > 1,
+        "a batch appended to several accounts at once"
+    );
+}
+
+/// A conflict on one account of a batch (another writer appended to it
+/// behind this server's cached state) re-decides that account alone; the
+/// batch's other accounts are not failed, and nothing is applied twice.
+#[tokio::test]
+async fn a_conflict_on_one_account_of_a_batch_fails_none_of_the_others() {
+    let mut settings = seed_settings();
+    settings.group_commit.lanes = 1;
+    settings.group_commit.batch_wait = std::time::Duration::from_millis(20);
+    let app = TestApp::spawn_with(settings).await;
+    let stale = (iban_of(1), "Stale GmbH".to_owned());
+    let others: Vec<(String, String)> = (2..=9).map(|i| (iban_of(i), format!("Other {i} GmbH"))).collect();
+    open_funded(&app, &stale.0, &stale.1, "100.00").await;
+    for (iban, name) in &others {
+        open_funded(&app, iban, name, "100.00").await;
+    }
+    // Another ledger on the same database moves the stale account on:
+    // this server's cached state of it is now behind.
+    let second = ledger::app::Ledger::new(app.db.pool().await, seed_settings());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second_base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        ledger::server::run(std::sync::Arc::new(second), listener, None, std::future::pending())
+            .await
+            .unwrap()
+    });
+    let response = app
+        .client
+        .post(format!("{second_base}/v1/accounts/{}/deposits", stale.0))
+        .json(&serde_json::json!({"amount": "50.00"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+
+    let requests = std::iter::once(&stale).chain(&others).flat_map(|(iban, name)| {
+        (0..3).map(|_| {
+            app.client
+                .post(app.url("/v1/transfer/bulk"))
+                .json(&bulk_from(iban, name, "10.00"))
+                .send()
+        })
+    });
+    let statuses: Vec<u16> = join_all(requests)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+    assert!(app.ledger.group_commit_conflicts() >= 1, "the stale state did conflict");
+    assert_eq!(app.balance_cents(&stale.0).await, 15_000 - 3_000);
+    for (iban, _) in &others {
+        assert_eq!(app.balance_cents(iban).await, 10_000 - 3_000, "{iban}");
+    }
+    let versions: Vec<i64> = sqlx::query_scalar(
+        "SELECT version FROM events WHERE stream_id = (SELECT account_id FROM balances WHERE iban = $1) ORDER BY version",
+    )
+    .bind(&stale.0)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        versions,
+        (1..=6).collect::<Vec<i64>>(),
+        "open, two deposits, three bulks"
+    );
+}

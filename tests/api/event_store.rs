@@ -96,8 +96,8 @@ async fn a_stale_expected_version_is_a_conflict() {
     )
     .await;
     assert!(
-        matches!(result, Err(event_store::AppendError::VersionConflict)),
-        "{result:?}"
+        matches!(result, Err(event_store::AppendError::VersionConflict(Some(stream))) if stream == stream_id),
+        "the conflict names its stream, so a batch re-decides only it: {result:?}"
     );
     assert_eq!(app.event_count().await, 2);
 }

@@ -161,6 +161,24 @@ async fn a_command_without_a_connection_in_time_is_unavailable_and_writes_nothin
         .await
         .unwrap();
 
+    // The posting process reads `balances` too: let it pass the set-up's
+    // events first, so that the query blocked below (holding the pool's
+    // one connection) is the GET's, not the posting process's.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let lag: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events e, process_checkpoints c WHERE c.name = 'posting' \
+             AND (e.tx_id, e.position) > (c.checkpoint_tx::text::xid8, c.checkpoint_position)",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        if lag == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the posting process never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let pool = db.pool().await;
     let mut lock = pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE balances IN ACCESS EXCLUSIVE MODE")
