@@ -83,7 +83,7 @@ impl Default for GroupCommitSettings {
             batch_commands_max: 256,
             batch_transfers_max: 2_000,
             batch_bytes_max: 4 << 20,
-            lanes: 4,
+            lanes: 1,
             batch_wait: Duration::from_micros(500),
         }
     }
