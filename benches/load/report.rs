@@ -11,6 +11,8 @@ use super::postgres::{self, Postgres};
 
 /// The goals the ratios are printed next to.
 const GOAL_HOT_VS_SEED: f64 = 10.0;
+/// Issue #13: spread over 1,000 accounts against the seed pattern on 1,000 rows.
+const GOAL_SPREAD_VS_SEED: f64 = 2.0;
 const GOAL_BULK100_VS_RAW: f64 = 0.5;
 const GOAL_OPEN_P99_MS: f64 = 10.0;
 const GOAL_RSS_MIB: f64 = 150.0;
@@ -218,6 +220,21 @@ pub(super) fn ratios(out: &mut String, rows: &[Row]) {
                 "{:<52} {:>10}",
                 "hot-account transfers/s ÷ seed-pattern hot", "n/a"
             );
+        }
+    }
+    match (transfers("spread"), transfers("seed-spread")) {
+        (Some(spread), Some(seed)) if seed > 0.0 => {
+            let ratio = spread / seed;
+            let _ = writeln!(
+                out,
+                "{:<52} {:>9.2}×   ≥ {GOAL_SPREAD_VS_SEED}×     {}",
+                "spread transfers/s ÷ seed-pattern spread",
+                ratio,
+                verdict(ratio >= GOAL_SPREAD_VS_SEED)
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "{:<52} {:>10}", "spread transfers/s ÷ seed-pattern spread", "n/a");
         }
     }
     match (transfers("bulk100"), find("raw-insert").and_then(|r| r.rows_per_second)) {
