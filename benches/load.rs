@@ -303,17 +303,18 @@ async fn run_ledger(
                 server::log_tail(&server.log, 30)
             );
         }
-        if let (Some((sum_before, count_before, seconds_before)), Some((sum, count, seconds))) =
+        if let (Some((sum_before, count_before, seconds_before, append_before)), Some((sum, count, seconds, append))) =
             (batches_before, batch_totals(server.address).await)
             && count > count_before
         {
             notes.push(format!(
                 "group commit, {}: {} batches, {:.1} commands and {:.2} ms (decide + append) per batch on average, \
-                 warm-up included",
+                 of which {:.2} ms from sending the append to its commit; warm-up included",
                 scenario.name,
                 thousands(count - count_before),
                 (sum - sum_before) / (count - count_before),
-                (seconds - seconds_before) * 1000.0 / (count - count_before)
+                (seconds - seconds_before) * 1000.0 / (count - count_before),
+                (append - append_before) * 1000.0 / (count - count_before)
             ));
         }
         if let Load::Open { .. } = scenario.load {
@@ -374,7 +375,7 @@ async fn run_ledger(
 
 /// The server's group-commit batch histogram totals, `(sum, count)`, read
 /// from `/metrics` (plain HTTP/1.0 keeps this independent of the workers).
-async fn batch_totals(address: std::net::SocketAddr) -> Option<(f64, f64, f64)> {
+async fn batch_totals(address: std::net::SocketAddr) -> Option<(f64, f64, f64, f64)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
     stream
@@ -393,6 +394,7 @@ async fn batch_totals(address: std::net::SocketAddr) -> Option<(f64, f64, f64)> 
         value("ledger_group_commit_batch_commands_sum").unwrap_or(0.0),
         value("ledger_group_commit_batch_commands_count").unwrap_or(0.0),
         value("ledger_group_commit_batch_duration_seconds_sum").unwrap_or(0.0),
+        value("ledger_group_commit_append_duration_seconds_sum").unwrap_or(0.0),
     ))
 }
 

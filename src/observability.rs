@@ -17,6 +17,7 @@ pub const EVENTS_APPENDED: &str = "ledger_events_appended_total";
 pub const BATCH_COMMANDS: &str = "ledger_group_commit_batch_commands";
 pub const BATCH_DURATION: &str = "ledger_group_commit_batch_duration_seconds";
 pub const BATCH_STREAMS: &str = "ledger_group_commit_batch_accounts";
+pub const BATCH_APPEND_DURATION: &str = "ledger_group_commit_append_duration_seconds";
 pub const PROJECTION_POSITION: &str = "ledger_projection_position";
 pub const PROJECTION_LAG: &str = "ledger_projection_lag_events";
 pub const POSTING_LAG: &str = "ledger_posting_lag_events";
@@ -41,6 +42,9 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_COMMANDS.to_owned()), BATCH_HISTOGRAM_BUCKETS))
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_DURATION.to_owned()), LATENCY_BUCKETS_SECONDS))
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_STREAMS.to_owned()), BATCH_HISTOGRAM_BUCKETS))
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(BATCH_APPEND_DURATION.to_owned()), LATENCY_BUCKETS_SECONDS)
+            })
             .expect("bucket lists are non-empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -71,6 +75,11 @@ fn describe() {
     describe_counter!(EVENTS_APPENDED, "Events appended to the log, by type");
     describe_histogram!(BATCH_COMMANDS, "Commands per group-commit batch (one append each)");
     describe_histogram!(BATCH_STREAMS, "Accounts appended to by one group-commit batch");
+    describe_histogram!(
+        BATCH_APPEND_DURATION,
+        Unit::Seconds,
+        "Time from sending a group-commit batch's append statement to its commit (round trip, execution, fsync)"
+    );
     describe_histogram!(
         BATCH_DURATION,
         Unit::Seconds,

@@ -477,7 +477,9 @@ impl GroupCommit {
         }
         let (indices, appends): (Vec<usize>, Vec<StreamAppend<'_>>) = appends.into_iter().unzip();
         let mut connection = self.pool.acquire().await.map_err(AppError::from)?;
+        let sent = std::time::Instant::now();
         let appended = event_store::append_many(&mut *connection, &appends, Utc::now()).await?;
+        metrics::histogram!(observability::BATCH_APPEND_DURATION).record(sent.elapsed().as_secs_f64());
         drop(appends);
         for (i, stream) in indices.into_iter().zip(appended) {
             let decision = groups[i].decision.as_mut().expect("decided");
