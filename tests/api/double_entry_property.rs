@@ -186,7 +186,7 @@ proptest! {
             for op in &ops {
                 apply(&ledger, op).await;
             }
-            ledger::posting::catch_up(&pool).await.unwrap();
+            post_everything(&pool).await;
             let balance = ledger::app::queries::trial_balance(&pool).await.unwrap();
             let events = ledger::event_store::read_feed(&pool, ledger::event_store::FeedCursor::START, i64::MAX)
                 .await
@@ -212,5 +212,65 @@ proptest! {
         for audit in audits {
             prop_assert!(audit.consistent && audit.chain_valid, "{:?}", audit.differences);
         }
+    }
+}
+
+/// A sequence the property once failed on (CI, fresh clone): after the
+/// posting process caught up, a bulk was still in flight.
+#[tokio::test]
+async fn regression_every_bulk_is_passed_after_catching_up() {
+    use Op::*;
+    let ops = vec![
+        Deposit(1, 30905),
+        Deposit(3, 11448),
+        Deposit(3, 35205),
+        Deposit(1, 47349),
+        Open(3),
+        Deposit(0, 33859),
+        Deposit(3, 49751),
+        Bulk(0, vec![(1, 12939), (0, 17147), (3, 11181)]),
+        Bulk(0, vec![(1, 10533), (0, 12541), (0, 15141), (4, 1508)]),
+        Bulk(1, vec![(0, 4429), (4, 6107), (2, 8025), (3, 7900)]),
+        Bulk(3, vec![(0, 9210), (2, 15241), (4, 6138), (2, 18362)]),
+        Bulk(1, vec![(4, 7167), (2, 3655), (4, 16394)]),
+        Deposit(3, 9609),
+        Deposit(2, 11820),
+        Bulk(0, vec![(4, 11985)]),
+        Open(0),
+        Deposit(3, 22533),
+        Post,
+        Deposit(2, 16608),
+        Deposit(2, 19248),
+        Open(1),
+        Deposit(3, 40767),
+        Bulk(2, vec![(4, 1212), (0, 17958), (3, 16975), (4, 18605)]),
+        Bulk(1, vec![(2, 14662), (4, 904)]),
+        Bulk(0, vec![(2, 19855), (3, 10994)]),
+        Bulk(3, vec![(4, 7500), (1, 7431), (4, 3260), (1, 15263)]),
+        Bulk(0, vec![(4, 14360), (3, 1601), (1, 7986), (3, 12105)]),
+        Bulk(3, vec![(0, 8223), (4, 7663)]),
+        Bulk(1, vec![(3, 13599), (1, 17072), (3, 15620)]),
+        Bulk(2, vec![(1, 17548), (2, 6425)]),
+        Deposit(2, 4318),
+        Post,
+        Open(3),
+        Bulk(0, vec![(3, 2310), (3, 2341), (2, 14232)]),
+        Open(2),
+        Bulk(1, vec![(4, 16771), (1, 11565), (4, 11332), (2, 15592)]),
+        Deposit(0, 5457),
+        Bulk(3, vec![(4, 3342), (3, 18377), (1, 12448)]),
+        Deposit(1, 27394),
+    ];
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let ledger = Ledger::new(pool.clone(), seed_settings());
+    for op in &ops {
+        apply(&ledger, op).await;
+    }
+    post_everything(&pool).await;
+    let balance = ledger::app::queries::trial_balance(&pool).await.unwrap();
+    for currency in &balance.currencies {
+        assert_eq!(currency.in_flight_cents, 0, "{currency:?}");
+        assert_eq!(currency.sum_cents, 0, "{currency:?}");
     }
 }

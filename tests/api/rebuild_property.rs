@@ -101,7 +101,7 @@ proptest! {
             // are the other accounts), then the asynchronous projection
             // catches up the way the server's runner does, in batches from
             // its checkpoint.
-            ledger::posting::catch_up(&pool).await.unwrap();
+            post_everything(&pool).await;
             ledger::projections::runner::catch_up(&pool).await.unwrap();
             let incremental = projection_rows(&pool).await;
             ledger::projections::rebuild(&pool, &[], |_| {}).await.unwrap();

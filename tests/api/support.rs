@@ -435,3 +435,23 @@ pub async fn projection_rows(pool: &sqlx::PgPool) -> Vec<Vec<String>> {
     }
     all
 }
+
+/// Runs the posting process until its checkpoint is at the end of the log.
+/// One `catch_up` can stop short of it: the feed only hands out events
+/// below the horizon, which a transaction running elsewhere in the shared
+/// test cluster can hold back for a moment.
+pub async fn post_everything(pool: &PgPool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        ledger::posting::catch_up(pool).await.unwrap();
+        let (_, lag) = ledger::posting::lag(pool).await.unwrap();
+        if lag == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the posting process is still {lag} events behind"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
