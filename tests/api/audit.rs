@@ -205,7 +205,17 @@ async fn page_all(app: &TestApp, after: &str, limit: u32) -> (Vec<Value>, String
 async fn the_feed_never_skips_an_event_that_commits_late() {
     let app = TestApp::spawn().await;
     app.acme_with(10_000).await;
-    let (before, cursor) = page_all(&app, "0", 1).await;
+    // The feed hands out events below its horizon, which a transaction of
+    // another test's database in the shared cluster can hold back for a
+    // moment: wait (bounded) until both set-up events are out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (before, cursor) = loop {
+        let (events, cursor) = page_all(&app, "0", 1).await;
+        if events.len() >= 2 || std::time::Instant::now() >= deadline {
+            break (events, cursor);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert_eq!(before.len(), 2);
 
     // Hold one append open: it takes its position now, commits last.
@@ -248,7 +258,15 @@ async fn the_feed_never_skips_an_event_that_commits_late() {
     );
 
     slow.commit().await.unwrap();
-    let (after, _) = page_all(&app, &cursor, 2).await;
+    // Bounded, for the same horizon as above.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let after = loop {
+        let (events, _) = page_all(&app, &cursor, 2).await;
+        if before.len() + events.len() >= 8 || std::time::Instant::now() >= deadline {
+            break events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let positions: Vec<i64> = before
         .iter()
         .chain(&after)
