@@ -5,6 +5,10 @@
 //! state. A refused bulk is still a fact worth recording: `decide` returns a
 //! [`Event::BulkTransferRejected`] for it, which changes no balance.
 //!
+//! About 520 lines: the commands, the events and the two pure functions
+//! over them are one vocabulary, read together; the tests live apart in
+//! `account/tests.rs`.
+//!
 //! The credit leg of an on-us transfer is decided on the payee's account by
 //! [`decide_credit`] (or, when the payee cannot take it, returned to the
 //! payer by [`decide_return`]): every command stays on one stream.
