@@ -37,7 +37,8 @@
 //! | `seed-hot`    | baseline: the seed service's SQL, one transaction per transfer, one row, |
 //! |               | sqlx pool of 64                                                          |
 //! | `seed-spread` | the same on 1,000 rows                                                   |
-//! | `raw-insert`  | baseline: one `INSERT … SELECT … generate_series(1, 1000000)`            |
+//! | `insert-ceiling` | baseline: 16 connections, each inserting 100 transfer-shaped rows   |
+//! |               | (uuid key, the transfer as jsonb) per statement and transaction          |
 //!
 //! Environment:
 //!
@@ -99,7 +100,10 @@ use server::{RssSampler, Server};
 const SPREAD_ACCOUNTS: usize = 1_000;
 /// Connections of the seed baseline's sqlx pool.
 const SEED_CONNECTIONS: u32 = 64;
-const RAW_INSERT_ROWS: i64 = 1_000_000;
+/// The insert ceiling: as many connections as `bulk100`, each statement
+/// as many rows as one of its bulks has transfers.
+const CEILING_CONNECTIONS: u32 = 16;
+const CEILING_ROWS: usize = 100;
 /// Open loop: requests per second, and connections enough to keep the
 /// schedule while the server is slower than usual (a backlog would show up
 /// as send lag).
@@ -437,20 +441,21 @@ async fn run_baselines(
             cpu: Some(cpu),
         });
     }
-    if config.runs("raw-insert") {
-        settle(postgres, "raw-insert", notes).await;
-        eprintln!("load: raw-insert: one INSERT … SELECT of {RAW_INSERT_ROWS} rows");
+    if config.runs("insert-ceiling") {
+        let workers: Vec<_> = (0..CEILING_CONNECTIONS)
+            .map(|i| baseline::CeilingWorker::new(pool.clone(), CEILING_ROWS, u64::from(i) + 1))
+            .collect();
+        settle(postgres, "insert-ceiling", notes).await;
+        progress("insert-ceiling", config.timing);
         let cpu_before = cpu::Sample::take(None, postgres.postmaster_pid());
-        let (inserted, took) = baseline::raw_insert(&pool, RAW_INSERT_ROWS)
-            .await
-            .context("the raw insert baseline")?;
+        let measured = driver::run(workers, Load::Closed, config.timing).await;
         let cpu = cpu::Sample::take(None, postgres.postmaster_pid()).since(&cpu_before);
         rows.push(Row {
-            name: "raw-insert",
-            label: format!("raw insert, {} rows (rows/s)", thousands(inserted as f64)),
-            connections: Some(1),
-            measured: None,
-            rows_per_second: Some(inserted as f64 / took.as_secs_f64()),
+            name: "insert-ceiling",
+            label: format!("insert ceiling, {CEILING_ROWS} rows/stmt (rows/s)"),
+            connections: Some(CEILING_CONNECTIONS as usize),
+            measured: Some(measured),
+            rows_per_second: None,
             rss_max_kib: None,
             hwm_kib: None,
             cpu: Some(cpu),

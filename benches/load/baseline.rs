@@ -1,8 +1,10 @@
 //! Baselines on the same PostgreSQL, in a database of their own: the seed
 //! service's SQL write pattern (one transaction per transfer, row lock on
-//! the account), and the raw insert ceiling of a transfer-shaped table.
+//! the account), and the insert ceiling for transfer-shaped rows: a uuid
+//! key and a JSON payload per row, as the ledger's events carry them, sent
+//! by clients in statements of 100 rows (the shape of `bulk100`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor, PgPool};
@@ -29,8 +31,14 @@ CREATE TABLE transactions (
     bank_account_id int NOT NULL,
     description text NOT NULL
 );
--- The raw insert ceiling's target: transactions' shape, without the seed's rows.
-CREATE TABLE raw_transfers (LIKE transactions INCLUDING ALL);
+-- The insert ceiling's target: one row per transfer, a uuid key and the
+-- transfer as JSON (what an event's payload holds per transfer).
+CREATE TABLE ceiling_transfers (
+    transfer_id uuid PRIMARY KEY,
+    account_id int NOT NULL,
+    data jsonb NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
 ";
 
 /// Creates the seed's tables in the (fresh) baseline database with
@@ -126,19 +134,62 @@ impl Worker for SeedWorker {
     }
 }
 
-/// The raw insert ceiling: one server-side `INSERT … SELECT` of `rows`
-/// transfer-shaped rows (serial key and all), committed. Returns the rows
-/// and the time, commit included.
-pub async fn raw_insert(pool: &PgPool, rows: i64) -> anyhow::Result<(u64, Duration)> {
-    let started = Instant::now();
-    let done = sqlx::query(
-        "INSERT INTO raw_transfers (counterparty_name, counterparty_iban, counterparty_bic, amount_cents,
-                                    amount_currency, bank_account_id, description)
-         SELECT 'Hank Scorpio', 'GB82WEST12345698765432', 'NWBKGB2L', 100, 'EUR', 1 + g % 1000, 'load benchmark'
-         FROM generate_series(1, $1) AS g",
-    )
-    .bind(rows)
-    .execute(pool)
-    .await?;
-    Ok((done.rows_affected(), started.elapsed()))
+/// The insert ceiling: each call inserts `rows` transfer-shaped rows (a
+/// fresh uuid v4 and the transfer's JSON each, made here as the ledger
+/// server makes its payloads) in one statement of bound arrays, one
+/// transaction, committed durably.
+pub struct CeilingWorker {
+    pool: PgPool,
+    rows: usize,
+    rng: XorShift,
+}
+
+impl CeilingWorker {
+    pub fn new(pool: PgPool, rows: usize, seed: u64) -> CeilingWorker {
+        CeilingWorker {
+            pool,
+            rows,
+            rng: XorShift::new(seed),
+        }
+    }
+
+    async fn insert(&mut self) -> Result<u64, sqlx::Error> {
+        let mut ids = Vec::with_capacity(self.rows);
+        let mut accounts = Vec::with_capacity(self.rows);
+        let mut payloads = Vec::with_capacity(self.rows);
+        for _ in 0..self.rows {
+            let id = uuid::Uuid::new_v4();
+            let payload = serde_json::json!({
+                "transfer_id": id,
+                "amount_cents": 100 + self.rng.below(1_000) as i64,
+                "currency": "EUR",
+                "counterparty_name": "Hank Scorpio",
+                "counterparty_iban": "GB82WEST12345698765432",
+                "counterparty_bic": "NWBKGB2L",
+                "description": "load benchmark",
+            });
+            ids.push(id);
+            accounts.push(1 + self.rng.below(1_000) as i32);
+            payloads.push(payload);
+        }
+        let done = sqlx::query(
+            "INSERT INTO ceiling_transfers (transfer_id, account_id, data) \
+             SELECT * FROM unnest($1::uuid[], $2::int[], $3::jsonb[])",
+        )
+        .bind(&ids)
+        .bind(&accounts)
+        .bind(&payloads)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+impl Worker for CeilingWorker {
+    async fn call(&mut self) -> CallResult {
+        match self.insert().await {
+            Ok(rows) => CallResult::Accepted { transfers: rows },
+            Err(error) => CallResult::Failed(format!("insert ceiling: {error}")),
+        }
+    }
 }

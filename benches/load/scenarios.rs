@@ -84,7 +84,7 @@ pub(super) const LEDGER_SCENARIOS: [LedgerScenario; 6] = [
 /// Scenarios of their own shape (not a closed or open loop of one body).
 pub(super) const OTHERS: [&str; 1] = ["payroll"];
 
-pub(super) const BASELINES: [&str; 3] = ["seed-hot", "seed-spread", "raw-insert"];
+pub(super) const BASELINES: [&str; 3] = ["seed-hot", "seed-spread", "insert-ceiling"];
 
 pub(super) struct Config {
     pub(super) timing: Timing,
