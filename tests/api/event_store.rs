@@ -101,3 +101,19 @@ async fn a_stale_expected_version_is_a_conflict() {
     );
     assert_eq!(app.event_count().await, 2);
 }
+
+#[tokio::test]
+async fn large_payloads_are_stored_lz4_compressed() {
+    let app = TestApp::spawn().await;
+    app.acme_with(1_000_000).await;
+    // 200 transfers: a payload well past PostgreSQL's TOAST threshold.
+    let transfers: Vec<_> = (0..200).map(|_| transfer("1.00")).collect();
+    let (status, body) = app.post("/v1/transfer/bulk", &bulk(transfers)).await;
+    assert_eq!(status, 201, "{body}");
+    let method: Option<String> =
+        sqlx::query_scalar("SELECT pg_column_compression(data) FROM events WHERE event_type = 'BulkTransferBooked'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(method.as_deref(), Some("lz4"));
+}
