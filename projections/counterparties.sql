@@ -65,3 +65,62 @@ BEGIN
     RETURN rows_written;
 END;
 $$;
+
+-- A rebuild's first pass: the rows of the accounts in partition `part` of
+-- `partitions` (by the stream id's last byte) from every bulk of the log
+-- below `below`, in one aggregation. An account's stream is appended to
+-- one batch at a time, so its positions follow its feed order, and the
+-- name and currency of its latest transfer (by position, then order in the
+-- bulk) are what the apply function's upserts leave. The input is sorted
+-- that way, so each group's first value is its latest one. The table is
+-- empty and unindexed when this runs; later events go through the apply
+-- function (the rebuild property test compares the two).
+CREATE OR REPLACE FUNCTION projection_counterparties_load(below xid8, partitions integer, part integer) RETURNS bigint
+LANGUAGE sql AS $$
+    WITH paid AS (
+        SELECT e.stream_id AS account_id,
+               t.item->>'counterparty_iban' AS counterparty_iban,
+               t.item->>'counterparty_name' AS counterparty_name,
+               t.item->>'currency' AS currency,
+               (t.item->>'amount_cents')::bigint AS amount_cents,
+               e.position, t.seq, e.recorded_at
+        FROM events AS e
+        CROSS JOIN LATERAL jsonb_array_elements(e.data->'transfers') WITH ORDINALITY AS t(item, seq)
+        WHERE e.event_type = 'BulkTransferBooked'
+          AND e.tx_id < below AND get_byte(uuid_send(e.stream_id), 15) % partitions = part
+        ORDER BY 1, 2, e.position DESC, t.seq DESC
+    ), inserted AS (
+        INSERT INTO counterparties (account_id, counterparty_iban, counterparty_name, transfers, total_cents,
+                                    currency, last_position, last_paid_at)
+        SELECT account_id, counterparty_iban, (array_agg(counterparty_name))[1], count(*), sum(amount_cents),
+               (array_agg(currency))[1], max(position), max(recorded_at)
+        FROM paid
+        GROUP BY account_id, counterparty_iban
+        RETURNING 1
+    )
+    SELECT count(*) FROM inserted
+$$;
+
+-- The same rows, when the same rebuild has just loaded `transactions`
+-- (`kind = 'transfer'` rows are a bulk's transfers, spent as negative
+-- amounts): its narrow rows instead of parsing every bulk's JSON again.
+CREATE OR REPLACE FUNCTION projection_counterparties_load_from_transactions(partitions integer, part integer)
+RETURNS bigint
+LANGUAGE sql AS $$
+    WITH paid AS (
+        SELECT t.account_id, t.counterparty_iban, t.counterparty_name, t.currency,
+               -t.amount_cents AS amount_cents, t.position, t.seq, t.recorded_at
+        FROM transactions AS t
+        WHERE t.kind = 'transfer' AND get_byte(uuid_send(t.account_id), 15) % partitions = part
+        ORDER BY 1, 2, t.position DESC, t.seq DESC
+    ), inserted AS (
+        INSERT INTO counterparties (account_id, counterparty_iban, counterparty_name, transfers, total_cents,
+                                    currency, last_position, last_paid_at)
+        SELECT account_id, counterparty_iban, (array_agg(counterparty_name))[1], count(*), sum(amount_cents),
+               (array_agg(currency))[1], max(position), max(recorded_at)
+        FROM paid
+        GROUP BY account_id, counterparty_iban
+        RETURNING 1
+    )
+    SELECT count(*) FROM inserted
+$$;

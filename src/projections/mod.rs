@@ -43,6 +43,11 @@ pub struct Projection {
     /// The tables the definition creates (swapped in by a rebuild).
     pub tables: &'static [&'static str],
     pub definition: &'static str,
+    /// A projection whose freshly loaded shadow table this one's rebuild
+    /// reads instead of the log, when both are rebuilt together
+    /// (`projection_<name>_load_from_<that>`): it must come earlier in
+    /// [`PROJECTIONS`].
+    pub load_from: Option<&'static str>,
 }
 
 /// Every projection, in the order they are installed.
@@ -52,18 +57,21 @@ pub const PROJECTIONS: &[Projection] = &[
         mode: Mode::Inline,
         tables: &["balances"],
         definition: include_str!("../../projections/balances.sql"),
+        load_from: None,
     },
     Projection {
         name: "transactions",
         mode: Mode::Inline,
         tables: &["transactions"],
         definition: include_str!("../../projections/transactions.sql"),
+        load_from: None,
     },
     Projection {
         name: "counterparties",
         mode: Mode::Async,
         tables: &["counterparties"],
         definition: include_str!("../../projections/counterparties.sql"),
+        load_from: Some("transactions"),
     },
 ];
 

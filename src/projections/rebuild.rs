@@ -3,9 +3,13 @@
 //! 1. Create the projections' tables and apply functions afresh in a shadow
 //!    schema (the same definition files, with the shadow schema first on the
 //!    search path).
-//! 2. Replay the log into them in batches, in commit-safe feed order, up to
-//!    the horizon of finished transactions — no lock is held.
-//! 3. Catch up with what was appended meanwhile, the same way.
+//! 2. Load everything below the horizon of finished transactions
+//!    set-based: each projection's `projection_<name>_load` function builds
+//!    its rows straight from the log (balances by aggregation), one
+//!    partition of the streams per connection, side by side, into tables
+//!    without indexes; then build the indexes and ANALYZE. No lock is held.
+//! 3. Catch up with what was appended meanwhile in batches, in commit-safe
+//!    feed order, through the apply functions (the path the runner takes).
 //! 4. Swap: lock `events` against writers (readers go on), apply the last
 //!    few events, replace the live tables with the shadow ones, commit.
 //!    Writers wait only for this step.
@@ -69,7 +73,7 @@ pub async fn rebuild(
         .execute(&mut connection)
         .await?;
     let schema = format!("rebuild_{}", uuid::Uuid::new_v4().simple());
-    let result = run(&mut connection, &schema, &selected, &mut progress, started).await;
+    let result = run(pool, &mut connection, &schema, &selected, &mut progress, started).await;
     if result.is_err() {
         // A failed rebuild leaves the live tables as they were; remove its
         // shadow schema (a failed swap already rolled back).
@@ -83,21 +87,79 @@ pub async fn rebuild(
     result
 }
 
+/// A rebuild connection's settings. Batches of JSON events sort and
+/// aggregate in memory rather than in temporary files; a rebuild is not a
+/// request, so the requests' statement timeout does not bound it; the
+/// shadow schema comes first. These connections are closed after the
+/// rebuild, so none of it reaches the pool.
+fn session_settings(schema: &str) -> String {
+    format!("SET work_mem = '64MB'; SET statement_timeout = 0; SET search_path = {schema}, public")
+}
+
+/// Connections loading partitions side by side: one per core, at least two
+/// (PostgreSQL may well have more cores than this process sees), at most
+/// eight.
+fn load_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
+}
+
+/// Drops the shadow tables' primary keys, unique constraints and other
+/// indexes, and returns the statements that make them again: built once
+/// after the load rather than row by row during it.
+async fn drop_indexes(
+    connection: &mut PgConnection,
+    schema: &str,
+    tables: &[&str],
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut recreate = Vec::new();
+    for table in tables {
+        let qualified = format!("{schema}.{table}");
+        let constraints: Vec<(String, String)> = sqlx::query_as(
+            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE conrelid = $1::regclass AND contype IN ('p', 'u') ORDER BY contype, conname",
+        )
+        .bind(&qualified)
+        .fetch_all(&mut *connection)
+        .await?;
+        let others: Vec<(String, String)> = sqlx::query_as(
+            "SELECT c.relname::text, pg_get_indexdef(i.indexrelid) FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE i.indrelid = $1::regclass \
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) \
+             ORDER BY c.relname",
+        )
+        .bind(&qualified)
+        .fetch_all(&mut *connection)
+        .await?;
+        for (name, definition) in constraints {
+            sqlx::raw_sql(&format!("ALTER TABLE {qualified} DROP CONSTRAINT \"{name}\""))
+                .execute(&mut *connection)
+                .await?;
+            recreate.push(format!(
+                "ALTER TABLE {qualified} ADD CONSTRAINT \"{name}\" {definition}"
+            ));
+        }
+        for (name, definition) in others {
+            sqlx::raw_sql(&format!("DROP INDEX {schema}.\"{name}\""))
+                .execute(&mut *connection)
+                .await?;
+            recreate.push(definition);
+        }
+    }
+    Ok(recreate)
+}
+
 async fn run(
+    pool: &PgPool,
     connection: &mut PgConnection,
     schema: &str,
     selected: &[&'static Projection],
     progress: &mut impl FnMut(RebuildProgress),
     started: Instant,
 ) -> Result<RebuildReport, RebuildError> {
-    // Batches of JSON events sort and aggregate in memory rather than in
-    // temporary files; this connection is closed after the rebuild, so the
-    // setting never reaches the pool.
-    sqlx::raw_sql(&format!(
-        "SET work_mem = '64MB'; CREATE SCHEMA {schema}; SET search_path = {schema}, public"
-    ))
-    .execute(&mut *connection)
-    .await?;
+    sqlx::raw_sql(&format!("CREATE SCHEMA {schema}; {}", session_settings(schema)))
+        .execute(&mut *connection)
+        .await?;
     for projection in selected {
         sqlx::raw_sql(projection.definition).execute(&mut *connection).await?;
     }
@@ -109,10 +171,106 @@ async fn run(
         events_total: events_total as u64,
     };
     progress(done);
+
+    // 1. Everything below the horizon (final: no transaction below it can
+    //    still commit), set-based: each projection's load function over a
+    //    partition of the streams, the partitions side by side on
+    //    connections of their own, into tables without their indexes.
+    let tables: Vec<&'static str> = selected.iter().flat_map(|p| p.tables.iter().copied()).collect();
+    let indexes = drop_indexes(&mut *connection, schema, &tables).await?;
+    let horizon: String = sqlx::query_scalar("SELECT public.events_horizon()::text")
+        .fetch_one(&mut *connection)
+        .await?;
+    let partitions = load_parallelism();
+    let mut helpers = Vec::with_capacity(partitions);
+    for _ in 0..partitions {
+        let mut helper = pool.acquire().await?.detach();
+        sqlx::raw_sql(&session_settings(schema)).execute(&mut helper).await?;
+        helpers.push(helper);
+    }
+    let loads = helpers.iter_mut().enumerate().map(|(part, helper)| {
+        let horizon = horizon.as_str();
+        async move {
+            for projection in selected {
+                match projection
+                    .load_from
+                    .filter(|from| selected.iter().any(|p| p.name == *from))
+                {
+                    Some(from) => {
+                        sqlx::query(&format!(
+                            "SELECT {schema}.projection_{}_load_from_{from}($1, $2)",
+                            projection.name
+                        ))
+                        .bind(partitions as i32)
+                        .bind(part as i32)
+                        .execute(&mut *helper)
+                        .await?
+                    }
+                    None => {
+                        sqlx::query(&format!(
+                            "SELECT {schema}.projection_{}_load($1::text::xid8, $2, $3)",
+                            projection.name
+                        ))
+                        .bind(horizon)
+                        .bind(partitions as i32)
+                        .bind(part as i32)
+                        .execute(&mut *helper)
+                        .await?
+                    }
+                };
+            }
+            Ok::<_, sqlx::Error>(())
+        }
+    });
+    futures_util::future::try_join_all(loads).await?;
+    // 2. The indexes, built once over the loaded rows (each table on a
+    //    connection of its own), and statistics for the planner: they move
+    //    with the tables at the swap.
+    let builds = helpers.iter_mut().enumerate().map(|(i, helper)| {
+        let mine: Vec<&String> = indexes.iter().skip(i).step_by(partitions).collect();
+        let analyze: Vec<&str> = tables.iter().copied().skip(i).step_by(partitions).collect();
+        async move {
+            for statement in mine {
+                sqlx::raw_sql(statement).execute(&mut *helper).await?;
+            }
+            for table in analyze {
+                sqlx::raw_sql(&format!("ANALYZE {schema}.{table}"))
+                    .execute(&mut *helper)
+                    .await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        }
+    });
+    let built = futures_util::future::try_join_all(builds).await;
+    for helper in helpers {
+        let _ = helper.close().await;
+    }
+    built?;
+    let (loaded, last): (i64, Option<(i64, i64)>) = {
+        let loaded: i64 = sqlx::query_scalar("SELECT count(*) FROM public.events WHERE tx_id < $1::text::xid8")
+            .bind(&horizon)
+            .fetch_one(&mut *connection)
+            .await?;
+        let last: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT tx_id::text::bigint, position FROM public.events WHERE tx_id < $1::text::xid8 \
+             ORDER BY tx_id DESC, position DESC LIMIT 1",
+        )
+        .bind(&horizon)
+        .fetch_optional(&mut *connection)
+        .await?;
+        (loaded, last)
+    };
+    done.events_done = loaded as u64;
+    done.events_total = done.events_total.max(done.events_done);
+    progress(done);
     let apply_sql = batch_sql(schema, selected);
 
-    // Replay and catch up, holding no lock.
-    let mut cursor = FeedCursor::START;
+    // 3. Catch up with what was appended meanwhile, in feed order, through
+    //    the apply functions, holding no lock.
+    let mut cursor = match last {
+        Some((tx, position)) => FeedCursor { tx, position },
+        None => FeedCursor::START,
+    };
     loop {
         let (applied, next) = apply_batch(&mut *connection, &apply_sql, cursor, true).await?;
         cursor = next;

@@ -273,3 +273,126 @@ async fn a_conflict_on_one_account_of_a_batch_fails_none_of_the_others() {
         "open, two deposits, three bulks"
     );
 }
+
+/// Issue #13's mixed load, through two real `ledger serve` processes on
+/// one database: one hot account and 30 others at once, every command sent
+/// to both servers at the same moment with the same `Idempotency-Key` (a
+/// client retrying on the other server). Each key is booked exactly once,
+/// both answers to it agree, and every balance and stream is exact.
+#[tokio::test]
+async fn a_hot_account_and_many_others_on_two_servers_stay_exact_and_each_key_books_once() {
+    let db = TestDb::new().await;
+    let url = db.url();
+    let env = [("DATABASE_URL", url.as_str()), ("LEDGER_IBAN_CHECK", "structure")];
+    let servers = [Binary::serve(&env), Binary::serve(&env)];
+    let client = servers[0].client.clone();
+    let bases = [servers[0].base.as_str(), servers[1].base.as_str()];
+    open_acme(&client, bases[0], 10_000).await;
+    let spread: Vec<(String, String)> = (1..=30).map(|i| (iban_of(i), format!("Spread {i} GmbH"))).collect();
+    for (i, (iban, name)) in spread.iter().enumerate() {
+        let base = bases[i % 2];
+        let opened = client
+            .post(format!("{base}/v1/accounts"))
+            .json(&serde_json::json!({"organization_name": name, "iban": iban, "bic": ACME_BIC, "currency": "EUR"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(opened.status(), 201);
+        let funded = client
+            .post(format!("{base}/v1/accounts/{iban}/deposits"))
+            .json(&serde_json::json!({"amount": "10.00"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(funded.status(), 201);
+    }
+
+    // (account, key, body): 60 bulks of 3.00 on the hot account (100.00),
+    // 12 bulks of 1.00 on each of the others (10.00 each), interleaved.
+    let mut commands: Vec<(String, String, serde_json::Value)> = Vec::new();
+    for round in 0..60 {
+        commands.push((
+            ACME_IBAN.to_owned(),
+            format!("hot-{round}"),
+            bulk(vec![transfer("3.00")]),
+        ));
+        if round < 12 {
+            for (iban, name) in &spread {
+                commands.push((iban.clone(), format!("{iban}-{round}"), bulk_from(iban, name, "1.00")));
+            }
+        }
+    }
+    let requests = commands.iter().flat_map(|(_, key, body)| {
+        bases.map(|base| {
+            client
+                .post(format!("{base}/v1/transfer/bulk"))
+                .header("Idempotency-Key", key.as_str())
+                .json(body)
+                .send()
+        })
+    });
+    let statuses: Vec<u16> = join_all(requests)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    let mut accepted: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for ((account, key, _), pair) in commands.iter().zip(statuses.chunks(2)) {
+        assert_eq!(pair[0], pair[1], "{key}: both servers answer alike");
+        assert!(pair[0] == 201 || pair[0] == 422, "{key}: {pair:?}");
+        if pair[0] == 201 {
+            *accepted.entry(account.as_str()).or_default() += 1;
+        }
+    }
+    assert_eq!(accepted[ACME_IBAN], 33, "3.00 fits 33 times into 100.00");
+    for (iban, _) in &spread {
+        assert_eq!(accepted[iban.as_str()], 10, "{iban}: 1.00 fits 10 times into 10.00");
+    }
+
+    let pool = db.pool().await;
+    let (hot_balance, hot_version): (i64, i64) =
+        sqlx::query_as("SELECT balance_cents, version FROM balances WHERE iban = $1")
+            .bind(ACME_IBAN)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (hot_balance, hot_version),
+        (100, 62),
+        "open, deposit, 60 bulks: once each"
+    );
+    for (iban, _) in &spread {
+        let (balance, version): (i64, i64) =
+            sqlx::query_as("SELECT balance_cents, version FROM balances WHERE iban = $1")
+                .bind(iban)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            (balance, version),
+            (0, 14),
+            "{iban}: open, deposit, 12 bulks: once each"
+        );
+    }
+    let bulks: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE event_type IN ('BulkTransferBooked', 'BulkTransferRejected')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(bulks, commands.len() as i64, "one decision per key, none twice");
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, commands.len() as i64);
+    let gaps: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT stream_id, max(version) <> count(*) AS gap FROM events GROUP BY stream_id) s \
+         WHERE gap",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(gaps, 0, "every stream is gapless");
+    pool.close().await;
+}
