@@ -278,13 +278,19 @@ async fn run(pool: &PgPool, server: &Server, database: &str, requested: i64, sha
                 shape.events()
             );
             best[which] = best[which].min(report.seconds);
+            let phases: Vec<String> = report
+                .phases
+                .iter()
+                .map(|(name, seconds)| format!("{name} {seconds:.2}"))
+                .collect();
             println!(
-                "  {:<12} {:>12} {:>10.2} {:>12}   ({})",
+                "  {:<12} {:>12} {:>10.2} {:>12}   ({}; s: {})",
                 format!("rebuild #{round}"),
                 thousands(report.events as i64),
                 report.seconds,
                 thousands(per_second(report.events, Duration::from_secs_f64(report.seconds))),
-                report.projections.join(", ")
+                report.projections.join(", "),
+                phases.join(", ")
             );
         }
     }

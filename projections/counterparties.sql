@@ -79,7 +79,7 @@ CREATE OR REPLACE FUNCTION projection_counterparties_load(below xid8, partitions
 LANGUAGE sql AS $$
     WITH paid AS (
         SELECT e.stream_id AS account_id,
-               t.item->>'counterparty_iban' AS counterparty_iban,
+               (t.item->>'counterparty_iban') COLLATE "C" AS counterparty_iban,
                t.item->>'counterparty_name' AS counterparty_name,
                t.item->>'currency' AS currency,
                (t.item->>'amount_cents')::bigint AS amount_cents,
@@ -108,7 +108,9 @@ CREATE OR REPLACE FUNCTION projection_counterparties_load_from_transactions(part
 RETURNS bigint
 LANGUAGE sql AS $$
     WITH paid AS (
-        SELECT t.account_id, t.counterparty_iban, t.counterparty_name, t.currency,
+        -- Grouped in byte order: the same groups (equality is byte equality)
+        -- without the locale's collation in the sort.
+        SELECT t.account_id, t.counterparty_iban COLLATE "C" AS counterparty_iban, t.counterparty_name, t.currency,
                -t.amount_cents AS amount_cents, t.position, t.seq, t.recorded_at
         FROM transactions AS t
         WHERE t.kind = 'transfer' AND get_byte(uuid_send(t.account_id), 15) % partitions = part

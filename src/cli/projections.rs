@@ -82,13 +82,19 @@ async fn rebuild(pool: &PgPool, names: &[String]) -> anyhow::Result<ExitCode> {
     } else {
         0.0
     };
+    let phases: Vec<String> = report
+        .phases
+        .iter()
+        .map(|(name, seconds)| format!("{name} {seconds:.2} s"))
+        .collect();
     println!(
-        "rebuilt {} from {} events in {:.2} s ({:.0} events/s); {} applied during the swap",
+        "rebuilt {} from {} events in {:.2} s ({:.0} events/s); {} applied during the swap ({})",
         report.projections.join(", "),
         report.events,
         report.seconds,
         rate,
-        report.events_during_swap
+        report.events_during_swap,
+        phases.join(", ")
     );
     Ok(ExitCode::SUCCESS)
 }

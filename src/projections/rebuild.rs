@@ -41,6 +41,10 @@ pub struct RebuildReport {
     pub seconds: f64,
     /// Events applied while writers were held (the swap step).
     pub events_during_swap: u64,
+    /// Seconds per step: `load` (below the horizon, set-based), `index`
+    /// (indexes and statistics), `catch_up` (what came meanwhile) and
+    /// `swap` (writers held).
+    pub phases: Vec<(&'static str, f64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +97,10 @@ pub async fn rebuild(
 /// shadow schema comes first. These connections are closed after the
 /// rebuild, so none of it reaches the pool.
 fn session_settings(schema: &str) -> String {
-    format!("SET work_mem = '64MB'; SET statement_timeout = 0; SET search_path = {schema}, public")
+    format!(
+        "SET work_mem = '64MB'; SET maintenance_work_mem = '256MB'; SET statement_timeout = 0; \
+         SET search_path = {schema}, public"
+    )
 }
 
 /// Connections loading partitions side by side: one per core, at least two
@@ -103,16 +110,19 @@ fn load_parallelism() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
 }
 
-/// Drops the shadow tables' primary keys, unique constraints and other
-/// indexes, and returns the statements that make them again: built once
-/// after the load rather than row by row during it.
-async fn drop_indexes(
+/// Drops the (empty) shadow tables' primary keys, unique constraints and
+/// other indexes, and returns, per table, the statements that make them
+/// again: built once after the load rather than entry by entry during it.
+/// (Unlogged tables during the load, made logged afterwards, were measured
+/// slower: the rewrite costs more than the WAL it saves.)
+async fn drop_indexes<'t>(
     connection: &mut PgConnection,
     schema: &str,
-    tables: &[&str],
-) -> Result<Vec<String>, sqlx::Error> {
-    let mut recreate = Vec::new();
+    tables: &[&'t str],
+) -> Result<Vec<(&'t str, Vec<String>)>, sqlx::Error> {
+    let mut per_table = Vec::new();
     for table in tables {
+        let mut recreate = Vec::new();
         let qualified = format!("{schema}.{table}");
         let constraints: Vec<(String, String)> = sqlx::query_as(
             "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
@@ -145,8 +155,9 @@ async fn drop_indexes(
                 .await?;
             recreate.push(definition);
         }
+        per_table.push((*table, recreate));
     }
-    Ok(recreate)
+    Ok(per_table)
 }
 
 async fn run(
@@ -176,6 +187,12 @@ async fn run(
     //    still commit), set-based: each projection's load function over a
     //    partition of the streams, the partitions side by side on
     //    connections of their own, into tables without their indexes.
+    let mut phases = Vec::with_capacity(4);
+    let mut phase_started = Instant::now();
+    let mut phase = |name: &'static str| {
+        phases.push((name, phase_started.elapsed().as_secs_f64()));
+        phase_started = Instant::now();
+    };
     let tables: Vec<&'static str> = selected.iter().flat_map(|p| p.tables.iter().copied()).collect();
     let indexes = drop_indexes(&mut *connection, schema, &tables).await?;
     let horizon: String = sqlx::query_scalar("SELECT public.events_horizon()::text")
@@ -223,20 +240,36 @@ async fn run(
         }
     });
     futures_util::future::try_join_all(loads).await?;
+    phase("load");
     // 2. The indexes, built once over the loaded rows (each table on a
     //    connection of its own), and statistics for the planner: they move
     //    with the tables at the swap.
     let builds = helpers.iter_mut().enumerate().map(|(i, helper)| {
-        let mine: Vec<&String> = indexes.iter().skip(i).step_by(partitions).collect();
-        let analyze: Vec<&str> = tables.iter().copied().skip(i).step_by(partitions).collect();
+        let mine: Vec<&(&str, Vec<String>)> = indexes.iter().skip(i).step_by(partitions).collect();
         async move {
-            for statement in mine {
-                sqlx::raw_sql(statement).execute(&mut *helper).await?;
-            }
-            for table in analyze {
-                sqlx::raw_sql(&format!("ANALYZE {schema}.{table}"))
-                    .execute(&mut *helper)
-                    .await?;
+            for (table, statements) in mine {
+                for statement in statements {
+                    sqlx::raw_sql(statement).execute(&mut *helper).await?;
+                }
+                // Statistics for the indexed columns, the ones plans depend
+                // on (all columns: ~1 s more per million rows of text);
+                // autovacuum's ANALYZE fills in the rest later.
+                let columns: String = sqlx::query_scalar(
+                    "SELECT string_agg(DISTINCT quote_ident(a.attname), ', ') FROM pg_index i \
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+                     WHERE i.indrelid = $1::regclass",
+                )
+                .bind(format!("{schema}.{table}"))
+                .fetch_optional(&mut *helper)
+                .await?
+                .flatten()
+                .unwrap_or_default();
+                let analyze = if columns.is_empty() {
+                    format!("ANALYZE {schema}.{table}")
+                } else {
+                    format!("ANALYZE {schema}.{table} ({columns})")
+                };
+                sqlx::raw_sql(&analyze).execute(&mut *helper).await?;
             }
             Ok::<_, sqlx::Error>(())
         }
@@ -246,6 +279,7 @@ async fn run(
         let _ = helper.close().await;
     }
     built?;
+    phase("index");
     let (loaded, last): (i64, Option<(i64, i64)>) = {
         let loaded: i64 = sqlx::query_scalar("SELECT count(*) FROM public.events WHERE tx_id < $1::text::xid8")
             .bind(&horizon)
@@ -282,6 +316,7 @@ async fn run(
         }
     }
 
+    phase("catch_up");
     // Swap, holding writers back: once the lock is granted every append that
     // started before it has finished, so the rest of the log can be read
     // without the horizon.
@@ -345,6 +380,7 @@ async fn run(
         .await?;
     }
     tx.commit().await?;
+    phase("swap");
     sqlx::query("SET search_path = public")
         .execute(&mut *connection)
         .await?;
@@ -354,6 +390,7 @@ async fn run(
         events: done.events_done,
         seconds,
         events_during_swap,
+        phases,
     })
 }
 

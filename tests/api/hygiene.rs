@@ -12,10 +12,10 @@ const REVIEWED: &[(&str, usize, &str)] = &[
     ("pg/cluster.rs", 1, "the configured database name, through quote_ident"),
     (
         "projections/rebuild.rs",
-        10,
+        9,
         "a generated schema name (rebuild_<uuid>), registered projection and table names, and the \
-         shadow tables' own constraint and index names and definitions, read back from pg_catalog \
-         (made by our projection files), quoted",
+         shadow tables' own constraint, index and column names and definitions, read back from \
+         pg_catalog (made by our projection files), quoted",
     ),
 ];
 
