@@ -26,8 +26,6 @@ pub(super) struct Row {
     pub(super) label: String,
     pub(super) connections: Option<usize>,
     pub(super) measured: Option<Measured>,
-    /// The raw insert's rows/s, in the transfers/s column.
-    pub(super) rows_per_second: Option<f64>,
     /// The server's largest sampled VmRSS during the scenario, and its VmHWM
     /// after it, in KiB.
     pub(super) rss_max_kib: Option<u64>,
@@ -111,8 +109,8 @@ pub(super) fn table(out: &mut String, rows: &[Row]) {
             );
         }
         let connections = row.connections.map_or("-".into(), |c| c.to_string());
-        let (transfers, requests, p50, p99, p999, non_2xx) = match (&row.measured, row.rows_per_second) {
-            (Some(m), _) => (
+        let (transfers, requests, p50, p99, p999, non_2xx) = match &row.measured {
+            Some(m) => (
                 thousands(m.transfers_per_second()),
                 thousands(m.requests_per_second()),
                 ms(m.latency_ms(0.5)),
@@ -120,15 +118,7 @@ pub(super) fn table(out: &mut String, rows: &[Row]) {
                 ms(m.latency_ms(0.999)),
                 (m.non_2xx() + m.failed).to_string(),
             ),
-            (None, Some(rows_per_second)) => (
-                thousands(rows_per_second),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-            ),
-            (None, None) => Default::default(),
+            None => Default::default(),
         };
         let _ = writeln!(
             out,

@@ -520,3 +520,29 @@ async fn a_rebuild_swap_waits_for_a_runner_batch_instead_of_deadlocking() {
     read.expect("the runner reads its table while the rebuild waits for the row");
     assert_eq!(report.expect("the rebuild succeeds").projections.len(), 3);
 }
+
+/// A rebuild is not a request: `LEDGER_STATEMENT_TIMEOUT_MS` bounds the
+/// server's statements, not the rebuild's (issue #15, item 1). With a 1 ms
+/// timeout, every load statement of this log would be cancelled.
+#[tokio::test]
+async fn a_rebuild_is_not_bound_by_the_requests_statement_timeout() {
+    let app = TestApp::spawn().await;
+    app.acme_with(10_000_000).await;
+    for _ in 0..60 {
+        let transfers: Vec<Value> = (0..25).map(|_| transfer("1.00")).collect();
+        let (status, body) = app.post("/v1/transfer/bulk", &bulk(transfers)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    post_everything(&app.pool).await;
+    ledger::projections::runner::catch_up(&app.pool).await.unwrap();
+    let before = projection_rows(&app.pool).await;
+    let url = app.db.url();
+    let output = run_ledger(
+        &["projections", "rebuild"],
+        &[("DATABASE_URL", &url), ("LEDGER_STATEMENT_TIMEOUT_MS", "1")],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("from 62 events"), "{stdout}");
+    assert_eq!(projection_rows(&app.pool).await, before);
+}
