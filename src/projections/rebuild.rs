@@ -27,6 +27,8 @@ use crate::event_store::FeedCursor;
 pub(crate) const BATCH_EVENTS: i64 = 50_000;
 /// Only one rebuild at a time.
 const REBUILD_LOCK: i64 = 0x6c65_6467_6572_0002;
+/// `horizon_exemptions.reason` of a rebuild's load transactions.
+const EXEMPTION_REASON: &str = "projection rebuild";
 
 #[derive(Debug, Clone, Copy)]
 pub struct RebuildProgress {
@@ -78,6 +80,12 @@ pub async fn rebuild(
         .await?;
     let schema = format!("rebuild_{}", uuid::Uuid::new_v4().simple());
     let result = run(pool, &mut connection, &schema, &selected, &mut progress, started).await;
+    // The load transactions are over, one way or the other; so are those
+    // of any rebuild that crashed before it (one rebuild at a time).
+    let _ = sqlx::query("DELETE FROM horizon_exemptions WHERE reason = $1")
+        .bind(EXEMPTION_REASON)
+        .execute(&mut connection)
+        .await;
     if result.is_err() {
         // A failed rebuild leaves the live tables as they were; remove its
         // shadow schema (a failed swap already rolled back).
@@ -101,6 +109,28 @@ fn session_settings(schema: &str) -> String {
         "SET work_mem = '64MB'; SET maintenance_work_mem = '256MB'; SET statement_timeout = 0; \
          SET search_path = {schema}, public"
     )
+}
+
+/// Opens a transaction on each helper connection and registers its id in
+/// `horizon_exemptions` (committed, from the main connection) before any
+/// long statement runs in it: the feed, the runner and the posting process
+/// go on past these transactions, which the events table refuses to let
+/// append (migrations/0007).
+async fn begin_exempt(connection: &mut PgConnection, helpers: &mut [PgConnection]) -> Result<(), sqlx::Error> {
+    let mut ids = Vec::with_capacity(helpers.len());
+    for helper in helpers.iter_mut() {
+        sqlx::raw_sql("BEGIN").execute(&mut *helper).await?;
+        let id: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+            .fetch_one(&mut *helper)
+            .await?;
+        ids.push(id);
+    }
+    sqlx::query("INSERT INTO horizon_exemptions (tx_id, reason) SELECT unnest($1::text[])::xid8, $2")
+        .bind(&ids)
+        .bind(EXEMPTION_REASON)
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
 }
 
 /// Connections loading partitions side by side: one per core, at least two
@@ -205,6 +235,7 @@ async fn run(
         sqlx::raw_sql(&session_settings(schema)).execute(&mut helper).await?;
         helpers.push(helper);
     }
+    begin_exempt(&mut *connection, &mut helpers).await?;
     let loads = helpers.iter_mut().enumerate().map(|(part, helper)| {
         let horizon = horizon.as_str();
         async move {
@@ -240,7 +271,11 @@ async fn run(
         }
     });
     futures_util::future::try_join_all(loads).await?;
+    for helper in &mut helpers {
+        sqlx::raw_sql("COMMIT").execute(&mut *helper).await?;
+    }
     phase("load");
+    begin_exempt(&mut *connection, &mut helpers).await?;
     // 2. The indexes, built once over the loaded rows (each table on a
     //    connection of its own), and statistics for the planner: they move
     //    with the tables at the swap.
@@ -274,8 +309,11 @@ async fn run(
             Ok::<_, sqlx::Error>(())
         }
     });
-    let built = futures_util::future::try_join_all(builds).await;
-    for helper in helpers {
+    let mut built = futures_util::future::try_join_all(builds).await.map(drop);
+    for mut helper in helpers {
+        if built.is_ok() {
+            built = sqlx::raw_sql("COMMIT").execute(&mut helper).await.map(drop);
+        }
         let _ = helper.close().await;
     }
     built?;

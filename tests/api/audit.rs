@@ -546,3 +546,66 @@ async fn a_rebuild_is_not_bound_by_the_requests_statement_timeout() {
     assert!(stdout.contains("from 62 events"), "{stdout}");
     assert_eq!(projection_rows(&app.pool).await, before);
 }
+
+/// A transaction registered in `horizon_exemptions` (what a rebuild does
+/// for its long load transactions) no longer holds the feed back, and can
+/// never append an event, so passing over it cannot make the feed skip one.
+#[tokio::test]
+async fn an_exempt_transaction_does_not_hold_the_feed_back_and_cannot_append() {
+    let app = TestApp::spawn().await;
+    app.acme_with(10_000).await;
+    let feed_len = || async {
+        let (status, feed) = app.get("/v1/events?limit=1000").await;
+        assert_eq!(status, 200, "{feed}");
+        feed["events"].as_array().unwrap().len()
+    };
+    let mut settled = 0;
+    for _ in 0..100 {
+        settled = feed_len().await;
+        if settled == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(settled, 2, "opened and deposited");
+
+    // A long transaction of this database, with an id, still open.
+    let mut long = app.pool.acquire().await.unwrap().detach();
+    sqlx::raw_sql("BEGIN").execute(&mut long).await.unwrap();
+    let id: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+        .fetch_one(&mut long)
+        .await
+        .unwrap();
+    let (status, body) = app
+        .post(
+            &format!("/v1/accounts/{ACME_IBAN}/deposits"),
+            &serde_json::json!({"amount": "1.00"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        feed_len().await,
+        2,
+        "held back: the open transaction might still append"
+    );
+
+    sqlx::query("INSERT INTO horizon_exemptions (tx_id, reason) VALUES ($1::xid8, 'test')")
+        .bind(&id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(feed_len().await, 3, "the exempt transaction holds nothing back");
+    let refused = sqlx::query(
+        "INSERT INTO events (stream_id, version, event_type, schema_version, data, metadata, recorded_at, hash) \
+         VALUES (gen_random_uuid(), 1, 'AccountOpened', 1, '{}', '{}', now(), '\\x00'::bytea || sha256(''))",
+    )
+    .execute(&mut long)
+    .await
+    .expect_err("an exempt transaction cannot append");
+    assert!(
+        refused.to_string().contains("exempt from the feed horizon"),
+        "{refused}"
+    );
+    let _ = sqlx::raw_sql("ROLLBACK").execute(&mut long).await;
+}
