@@ -120,7 +120,7 @@ impl GrpcApi {
         let request_id = metadata
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 200)
+            .filter(|v| !v.is_empty() && v.len() <= crate::http::REQUEST_ID_MAX)
             .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
         let span = tracing::info_span!(
             "grpc",

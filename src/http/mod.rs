@@ -34,6 +34,9 @@ use crate::problem::{FieldError, Problem, ProblemType};
 pub use errors::ApiError;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The longest `x-request-id` a client may choose (HTTP and gRPC): a longer
+/// or empty one is replaced by a fresh id, never echoed nor logged whole.
+pub const REQUEST_ID_MAX: usize = 200;
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
@@ -113,6 +116,21 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
         .layer(CatchPanicLayer::custom(errors::panic_response))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(axum::middleware::map_request(drop_unusable_request_id))
+}
+
+/// Removes a client's `x-request-id` that is empty, longer than
+/// [`REQUEST_ID_MAX`] or not printable ASCII, so the next layer gives the
+/// request a fresh one: ids go into every log line and event's metadata.
+async fn drop_unusable_request_id(mut request: axum::extract::Request) -> axum::extract::Request {
+    let unusable = request.headers().get(REQUEST_ID).is_some_and(|value| {
+        let bytes = value.as_bytes();
+        bytes.is_empty() || bytes.len() > REQUEST_ID_MAX || !bytes.iter().all(|b| b.is_ascii_graphic())
+    });
+    if unusable {
+        request.headers_mut().remove(REQUEST_ID);
+    }
+    request
 }
 
 /// Authenticates the caller of an API route: a 401 problem without a valid

@@ -397,3 +397,32 @@ async fn unknown_routes_and_methods_are_problems_too() {
     let (status, _) = app.get(&format!("/v1/accounts/{ACME_IBAN}")).await;
     assert_eq!(status, 404);
 }
+
+/// A client's `x-request-id` is echoed when usable; a 20,000-character one
+/// (or an empty one) is replaced by a fresh id, never echoed nor logged
+/// whole (issue #15, item 8).
+#[tokio::test]
+async fn an_unusable_request_id_is_replaced_and_a_usable_one_echoed() {
+    let app = TestApp::spawn().await;
+    let echoed = |id: String| {
+        let request = app
+            .client
+            .get(app.url("/v1/accounts/DE89370400440532013000"))
+            .header("x-request-id", id);
+        async move {
+            let response = request.send().await.unwrap();
+            response.headers()["x-request-id"].to_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(echoed("trace-42".into()).await, "trace-42");
+    let long = "x".repeat(20_000);
+    let replaced = echoed(long).await;
+    assert!(
+        uuid::Uuid::parse_str(&replaced).is_ok(),
+        "a fresh id, not the client's: {replaced:.60}"
+    );
+    let at_limit = "y".repeat(200);
+    assert_eq!(echoed(at_limit.clone()).await, at_limit);
+    let replaced = echoed(String::new()).await;
+    assert!(uuid::Uuid::parse_str(&replaced).is_ok(), "{replaced}");
+}
