@@ -22,6 +22,7 @@ pub const PROJECTION_POSITION: &str = "ledger_projection_position";
 pub const PROJECTION_LAG: &str = "ledger_projection_lag_events";
 pub const POSTING_LAG: &str = "ledger_posting_lag_events";
 pub const DB_POOL_CONNECTIONS: &str = "ledger_db_pool_connections";
+pub const METRICS_REFRESHES: &str = "ledger_metrics_database_refreshes_total";
 pub const BUILD_INFO: &str = "ledger_build_info";
 
 /// Latency buckets from 0.5 ms to 10 s.
@@ -87,6 +88,10 @@ fn describe() {
     );
     describe_gauge!(PROJECTION_POSITION, "Last log position reflected in each projection");
     describe_gauge!(PROJECTION_LAG, "Committed events a projection has not applied yet");
+    describe_counter!(
+        METRICS_REFRESHES,
+        "Times /metrics read the projection and posting lags from the database (at most once a second)"
+    );
     describe_gauge!(
         POSTING_LAG,
         "Committed events the posting process (on-us credits) has not passed yet"

@@ -113,6 +113,8 @@ pub struct Ledger {
     authenticator: Authenticator,
     /// Wakes this server's posting process (a query waits for it).
     posting_wake: Arc<tokio::sync::Notify>,
+    /// When `/metrics` last read the lags from the database.
+    metrics_refreshed: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Account ids are derived from the IBAN (UUID v5), so the event store's
@@ -133,7 +135,21 @@ impl Ledger {
             group_commit,
             authenticator,
             posting_wake: Arc::new(tokio::sync::Notify::new()),
+            metrics_refreshed: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Whether a `/metrics` scrape should read the lags from the database
+    /// now: at most once per `interval`, however often it is scraped (the
+    /// lag queries count events, which costs more as the log grows). A
+    /// scrape in between renders the last values.
+    pub fn metrics_refresh_due(&self, interval: std::time::Duration) -> bool {
+        let mut last = self.metrics_refreshed.lock().expect("metrics refresh lock");
+        let due = last.is_none_or(|at| at.elapsed() >= interval);
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
     }
 
     /// The caller behind an `Authorization` header (its raw value), or a

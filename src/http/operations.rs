@@ -18,8 +18,12 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics))
 }
 
-/// Prometheus text format. Pool and projection gauges are sampled here, at
-/// scrape time.
+/// `/metrics` reads the lags from the database at most this often.
+const METRICS_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Prometheus text format. Pool gauges are sampled here, at scrape time;
+/// projection and posting lags at most once a second (they are counted in
+/// the database), however often it is scraped.
 #[utoipa::path(
     get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String))
@@ -32,21 +36,25 @@ pub(super) async fn metrics(State(ledger): State<AppState>) -> Response {
     metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(idle as f64);
     metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set(size.saturating_sub(idle) as f64);
     metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "max").set(f64::from(pool.options().get_max_connections()));
-    match crate::projections::status(pool).await {
-        Ok(statuses) => {
-            for status in statuses {
-                metrics::gauge!(PROJECTION_POSITION, "projection" => status.name.clone()).set(status.position as f64);
-                metrics::gauge!(PROJECTION_LAG, "projection" => status.name).set(status.lag_events as f64);
+    if ledger.metrics_refresh_due(METRICS_REFRESH_INTERVAL) {
+        metrics::counter!(crate::observability::METRICS_REFRESHES).increment(1);
+        match crate::projections::status(pool).await {
+            Ok(statuses) => {
+                for status in statuses {
+                    metrics::gauge!(PROJECTION_POSITION, "projection" => status.name.clone())
+                        .set(status.position as f64);
+                    metrics::gauge!(PROJECTION_LAG, "projection" => status.name).set(status.lag_events as f64);
+                }
             }
+            Err(error) => tracing::warn!(
+                error = format!("{error:#}"),
+                "projection status unavailable for /metrics"
+            ),
         }
-        Err(error) => tracing::warn!(
-            error = format!("{error:#}"),
-            "projection status unavailable for /metrics"
-        ),
-    }
-    match crate::posting::lag(pool).await {
-        Ok((_, lag)) => metrics::gauge!(crate::observability::POSTING_LAG).set(lag as f64),
-        Err(error) => tracing::warn!(error = format!("{error:#}"), "posting lag unavailable for /metrics"),
+        match crate::posting::lag(pool).await {
+            Ok((_, lag)) => metrics::gauge!(crate::observability::POSTING_LAG).set(lag as f64),
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "posting lag unavailable for /metrics"),
+        }
     }
     (
         StatusCode::OK,

@@ -188,6 +188,28 @@ async fn metrics_are_exposed_in_prometheus_format() {
     assert!(!text.contains(ACME_IBAN), "raw paths never become labels");
 }
 
+/// However often `/metrics` is scraped, it reads the lags from the database
+/// at most once per interval (issue #15, item 8): a burst of scrapes all
+/// answer, with the lag gauges, and only the first of them refreshes.
+#[tokio::test]
+async fn metrics_read_the_database_at_most_once_a_second() {
+    let app = TestApp::spawn().await;
+    for _ in 0..30 {
+        let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let text = response.text().await.unwrap();
+        assert!(text.contains("ledger_posting_lag_events"), "{text}");
+        assert!(text.contains("ledger_metrics_database_refreshes_total"), "{text}");
+    }
+    // The burst refreshed (the first scrape); within the second, no scrape
+    // may refresh again, and after it one may.
+    let interval = std::time::Duration::from_millis(400);
+    assert!(!app.ledger.metrics_refresh_due(std::time::Duration::from_secs(60)));
+    tokio::time::sleep(interval).await;
+    assert!(app.ledger.metrics_refresh_due(interval));
+    assert!(!app.ledger.metrics_refresh_due(interval));
+}
+
 #[tokio::test]
 async fn health_and_readiness() {
     let app = TestApp::spawn().await;
