@@ -233,6 +233,11 @@ impl Cluster {
             .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C"]);
         if self.temporary {
             cmd.arg("--no-sync");
+        } else {
+            // A kept cluster holds the ledger's money: checksums let
+            // PostgreSQL notice a page the disk corrupted instead of reading
+            // it as data. (Throw-away test clusters skip the cost.)
+            cmd.arg("--data-checksums");
         }
         run(cmd, "initdb")?;
 

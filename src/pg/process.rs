@@ -46,14 +46,35 @@ pub(super) fn inspect_process(pid: i32, data: &Path) -> Process {
     match fs::read_link(format!("/proc/{pid}/cwd")) {
         Ok(cwd) if fs::canonicalize(data).is_ok_and(|data| data == cwd) => Process::Postmaster,
         Ok(_) => Process::Other,
-        // We are root or the server user, so only another user's process is
-        // closed to us.
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Process::Other,
+        // Closed to us: another user's process, or the server user's own
+        // when we are root without CAP_SYS_PTRACE (a default container).
+        // Never take a live server for gone: what /proc still shows (its
+        // owner and name) decides.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            use std::os::unix::fs::MetadataExt;
+            let owner = fs::metadata(format!("/proc/{pid}")).map(|m| m.uid()).ok();
+            let data_owner = fs::metadata(data).map(|m| m.uid()).ok();
+            let name = stat
+                .split_once('(')
+                .and_then(|(_, rest)| rest.rsplit_once(')'))
+                .map(|(name, _)| name);
+            unreadable_cwd(owner, data_owner, name)
+        }
         // Its stat is there but its cwd is not: it is exiting (killed, not
         // yet a zombie). Still a PID the server's own check would take for
         // a running postmaster: wait for it as for a zombie.
         Err(e) if e.kind() == io::ErrorKind::NotFound => Process::Zombie,
         Err(_) => Process::Postmaster,
+    }
+}
+
+/// A process whose working directory we may not read: presumed to be the
+/// postmaster when it runs as the data directory's owner under the name
+/// `postgres` (or when we cannot tell), someone else's otherwise.
+fn unreadable_cwd(owner: Option<u32>, data_owner: Option<u32>, name: Option<&str>) -> Process {
+    match (owner, data_owner, name) {
+        (Some(owner), Some(data_owner), Some(name)) if owner != data_owner || name != "postgres" => Process::Other,
+        _ => Process::Postmaster,
     }
 }
 
@@ -164,5 +185,33 @@ impl Cluster {
                 path.display()
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_postgres_of_the_data_directorys_owner_is_presumed_running() {
+        // Root without CAP_SYS_PTRACE, the server user's live postmaster.
+        assert_eq!(
+            unreadable_cwd(Some(105), Some(105), Some("postgres")),
+            Process::Postmaster
+        );
+        // Nothing to go by: never remove a lock file on a guess.
+        assert_eq!(unreadable_cwd(None, Some(105), Some("postgres")), Process::Postmaster);
+        assert_eq!(unreadable_cwd(Some(105), None, None), Process::Postmaster);
+        // Another user's process, or another program, that got the PID.
+        assert_eq!(unreadable_cwd(Some(1000), Some(105), Some("postgres")), Process::Other);
+        assert_eq!(unreadable_cwd(Some(105), Some(105), Some("sshd")), Process::Other);
+    }
+
+    #[test]
+    fn our_own_live_process_is_no_postmaster_of_another_directory() {
+        let me = std::process::id() as i32;
+        let elsewhere = std::env::temp_dir();
+        assert_eq!(inspect_process(me, &elsewhere), Process::Other);
+        assert_eq!(inspect_process(i32::MAX, &elsewhere), Process::Gone);
     }
 }

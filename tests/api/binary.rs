@@ -129,6 +129,23 @@ async fn the_embedded_default_creates_starts_and_keeps_a_local_cluster() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
+    // Made with data checksums (issue #15, item 3).
+    let cluster = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || ledger::pg::Cluster::ensure(&dir)
+    })
+    .await
+    .unwrap()
+    .expect("adopt the running cluster");
+    let mut connection = sqlx::ConnectOptions::connect(&cluster.connect_options("postgres"))
+        .await
+        .unwrap();
+    let checksums: String = sqlx::query_scalar("SHOW data_checksums")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(checksums, "on");
+    drop(connection);
     drop(binary);
     stop_cluster(&dir);
 }
