@@ -31,7 +31,7 @@ fn bulk(transfers: usize) -> Command {
     Command::TransferBulk(TransferBulkCommand {
         bulk_id: Uuid::now_v7(),
         organization_name: "ACME Corp".into(),
-        organization_bic: Bic::parse("COBADEFFXXX").unwrap(),
+        organization_bic: Some(Bic::parse("COBADEFFXXX").unwrap()),
         transfers: (0..transfers)
             .map(|i| TransferLine {
                 transfer_id: Uuid::now_v7(),
@@ -39,8 +39,9 @@ fn bulk(transfers: usize) -> Command {
                 currency: Currency::EUR,
                 counterparty_name: "Bip Bip".into(),
                 counterparty_iban: Iban::parse("GB82WEST12345698765432", IbanCheck::Full).unwrap(),
-                counterparty_bic: Bic::parse("NWBKGB2L").unwrap(),
+                counterparty_bic: Some(Bic::parse("NWBKGB2L").unwrap()),
                 description: "Salary 2026-11".into(),
+                end_to_end_id: None,
             })
             .collect(),
     })

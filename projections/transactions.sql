@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS transactions (
 -- returned transfer's reason). Added after the first release: tables made
 -- before it get the column here.
 ALTER TABLE transactions ADD COLUMN IF NOT EXISTS reason text;
+-- The payer's ISO 20022 end-to-end reference of a transfer (and of its
+-- credit or return), when it gave one. Added later, the same way.
+ALTER TABLE transactions ADD COLUMN IF NOT EXISTS end_to_end_id text;
 
 -- PL/pgSQL: planned once per session, not at every call.
 CREATE OR REPLACE FUNCTION projection_transactions_apply(batch events[]) RETURNS bigint
@@ -57,17 +60,18 @@ BEGIN
     ), inserted AS (
         INSERT INTO transactions (account_id, position, seq, transaction_id, kind, amount_cents,
                                   currency, counterparty_name, counterparty_iban, counterparty_bic,
-                                  description, bulk_id, balance_after_cents, recorded_at, reason)
+                                  description, bulk_id, balance_after_cents, recorded_at, reason, end_to_end_id)
         SELECT e.stream_id, e.position, 1, (e.data->>'deposit_id')::uuid, 'deposit',
                (e.data->>'amount_cents')::bigint, e.data->>'currency', NULL, NULL, NULL,
-               e.data->>'reference', NULL, (e.data->>'balance_after_cents')::bigint, e.recorded_at, NULL
+               e.data->>'reference', NULL, (e.data->>'balance_after_cents')::bigint, e.recorded_at, NULL, NULL
         FROM unnest(batch) AS e
         WHERE e.event_type = 'FundsDeposited'
         UNION ALL
         SELECT e.stream_id, e.position, 1, (e.data->>'transfer_id')::uuid, 'transfer_received',
                (e.data->>'amount_cents')::bigint, e.data->>'currency', e.data->>'payer_name',
                e.data->>'payer_iban', e.data->>'payer_bic', e.data->>'description',
-               (e.data->>'bulk_id')::uuid, (e.data->>'balance_after_cents')::bigint, e.recorded_at, NULL
+               (e.data->>'bulk_id')::uuid, (e.data->>'balance_after_cents')::bigint, e.recorded_at, NULL,
+               e.data->>'end_to_end_id'
         FROM unnest(batch) AS e
         WHERE e.event_type = 'TransferReceived'
         UNION ALL
@@ -75,7 +79,7 @@ BEGIN
                (e.data->>'amount_cents')::bigint, e.data->>'currency', e.data->>'payee_name',
                e.data->>'payee_iban', e.data->>'payee_bic', e.data->>'description',
                (e.data->>'bulk_id')::uuid, (e.data->>'balance_after_cents')::bigint, e.recorded_at,
-               e.data->>'reason'
+               e.data->>'reason', e.data->>'end_to_end_id'
         FROM unnest(batch) AS e
         WHERE e.event_type = 'TransferReturned'
         UNION ALL
@@ -86,7 +90,7 @@ BEGIN
                -(t.item->>'amount_cents')::bigint, t.item->>'currency',
                t.item->>'counterparty_name', t.item->>'counterparty_iban',
                t.item->>'counterparty_bic', t.item->>'description', b.bulk_id,
-               b.balance_before_cents - t.spent_cents, b.recorded_at, NULL
+               b.balance_before_cents - t.spent_cents, b.recorded_at, NULL, t.item->>'end_to_end_id'
         FROM bulks AS b
         CROSS JOIN LATERAL (
             SELECT items.item, items.seq,
@@ -112,7 +116,7 @@ LANGUAGE sql AS $$
     WITH inserted AS (
         INSERT INTO transactions (account_id, position, seq, transaction_id, kind, amount_cents,
                                   currency, counterparty_name, counterparty_iban, counterparty_bic,
-                                  description, bulk_id, balance_after_cents, recorded_at, reason)
+                                  description, bulk_id, balance_after_cents, recorded_at, reason, end_to_end_id)
         -- The single-row events in one scan, their differences spelled as
         -- CASEs (one UNION branch each would scan the log once per type).
         SELECT e.stream_id, e.position, 1,
@@ -129,7 +133,7 @@ LANGUAGE sql AS $$
                                           WHEN 'TransferReturned' THEN 'payee_bic' END,
                e.data->>CASE WHEN e.event_type = 'FundsDeposited' THEN 'reference' ELSE 'description' END,
                (e.data->>'bulk_id')::uuid, (e.data->>'balance_after_cents')::bigint, e.recorded_at,
-               e.data->>'reason'
+               e.data->>'reason', e.data->>'end_to_end_id'
         FROM events AS e
         WHERE e.event_type IN ('FundsDeposited', 'TransferReceived', 'TransferReturned')
           AND e.tx_id < below AND get_byte(uuid_send(e.stream_id), 15) % partitions = part
@@ -138,7 +142,7 @@ LANGUAGE sql AS $$
                -(t.item->>'amount_cents')::bigint, t.item->>'currency',
                t.item->>'counterparty_name', t.item->>'counterparty_iban',
                t.item->>'counterparty_bic', t.item->>'description', b.bulk_id,
-               b.balance_before_cents - t.spent_cents, b.recorded_at, NULL
+               b.balance_before_cents - t.spent_cents, b.recorded_at, NULL, t.item->>'end_to_end_id'
         FROM (
             SELECT e.stream_id, e.position, e.recorded_at,
                    (e.data->>'bulk_id')::uuid AS bulk_id,

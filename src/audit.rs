@@ -63,6 +63,7 @@ pub fn history_rows(stored: &StoredEvent, event: &Event) -> Vec<HistoryRow> {
             balance_after_cents: *balance_after_cents,
             recorded_at: stored.recorded_at,
             reason: None,
+            end_to_end_id: None,
         }],
         Event::BulkTransferBooked {
             bulk_id,
@@ -86,12 +87,13 @@ pub fn history_rows(stored: &StoredEvent, event: &Event) -> Vec<HistoryRow> {
                         currency: transfer.currency.code().into(),
                         counterparty_name: Some(transfer.counterparty_name.clone()),
                         counterparty_iban: Some(transfer.counterparty_iban.to_string()),
-                        counterparty_bic: Some(transfer.counterparty_bic.to_string()),
+                        counterparty_bic: transfer.counterparty_bic.as_ref().map(ToString::to_string),
                         description: Some(transfer.description.clone()),
                         bulk_id: Some(*bulk_id),
                         balance_after_cents: balance,
                         recorded_at: stored.recorded_at,
                         reason: None,
+                        end_to_end_id: transfer.end_to_end_id.clone(),
                     }
                 })
                 .collect()
@@ -105,6 +107,7 @@ pub fn history_rows(stored: &StoredEvent, event: &Event) -> Vec<HistoryRow> {
             amount_cents,
             currency,
             description,
+            end_to_end_id,
             balance_after_cents,
             ..
         } => vec![HistoryRow {
@@ -122,6 +125,7 @@ pub fn history_rows(stored: &StoredEvent, event: &Event) -> Vec<HistoryRow> {
             balance_after_cents: *balance_after_cents,
             recorded_at: stored.recorded_at,
             reason: None,
+            end_to_end_id: end_to_end_id.clone(),
         }],
         Event::TransferReturned {
             transfer_id,
@@ -133,6 +137,7 @@ pub fn history_rows(stored: &StoredEvent, event: &Event) -> Vec<HistoryRow> {
             currency,
             description,
             reason,
+            end_to_end_id,
             balance_after_cents,
             ..
         } => vec![HistoryRow {
@@ -150,6 +155,7 @@ pub fn history_rows(stored: &StoredEvent, event: &Event) -> Vec<HistoryRow> {
             balance_after_cents: *balance_after_cents,
             recorded_at: stored.recorded_at,
             reason: Some(reason.clone()),
+            end_to_end_id: end_to_end_id.clone(),
         }],
         Event::AccountOpened { .. } | Event::BulkTransferRejected { .. } => Vec::new(),
     }

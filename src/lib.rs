@@ -33,6 +33,7 @@ pub mod domain;
 pub mod event_store;
 pub mod grpc;
 pub mod http;
+pub mod iso20022;
 pub mod observability;
 pub mod pg;
 pub mod posting;

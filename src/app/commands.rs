@@ -224,10 +224,21 @@ impl Ledger {
         ctx: &CommandContext,
         request: BulkTransferRequest,
     ) -> Result<Outcome<BulkTransferView>, AppError> {
+        let fingerprint = request.fingerprint();
+        self.transfer_bulk_with(ctx, request, fingerprint).await
+    }
+
+    /// A bulk whose idempotency record carries `fingerprint`: its own, or
+    /// that of the payment file it belongs to.
+    pub(crate) async fn transfer_bulk_with(
+        &self,
+        ctx: &CommandContext,
+        request: BulkTransferRequest,
+        fingerprint: [u8; 32],
+    ) -> Result<Outcome<BulkTransferView>, AppError> {
         ctx.principal.authorize(super::auth::Action::Transfer {
             from: &request.organization_iban,
         })?;
-        let fingerprint = request.fingerprint();
         let bulk_id = Uuid::now_v7();
         let command = Command::TransferBulk(TransferBulkCommand {
             bulk_id,
@@ -244,6 +255,7 @@ impl Ledger {
                     counterparty_iban: t.counterparty_iban,
                     counterparty_bic: t.counterparty_bic,
                     description: t.description,
+                    end_to_end_id: t.end_to_end_id,
                 })
                 .collect(),
         });

@@ -34,6 +34,18 @@ impl IdempotencyKey {
         })
     }
 
+    /// The key of bulk `index` (from 0) of a payment file whose message id
+    /// is `msg_id` (SPEC §10): the message id itself for the first bulk, so
+    /// a request that used it as its `Idempotency-Key` conflicts, and
+    /// `<msg_id>#PmtInf[n]` (n from 1) for the others.
+    pub fn for_file_part(scope: String, msg_id: &str, index: usize) -> IdempotencyKey {
+        let key = match index {
+            0 => msg_id.to_owned(),
+            _ => format!("{msg_id}#PmtInf[{}]", index + 1),
+        };
+        IdempotencyKey { scope, key }
+    }
+
     /// The key as the client sent it.
     pub fn as_str(&self) -> &str {
         &self.key

@@ -12,6 +12,10 @@
 //! - `problems.rs`: [`AppError`] and the problems refusals become;
 //! - `requests.rs`: request bodies parsed into commands, and their
 //!   fingerprints;
+//! - `statements.rs`: account statements for a period, replayed from the
+//!   log;
+//! - `payment_files.rs`: payment files (several bulks under one message
+//!   id, SPEC §10) booked bulk by bulk;
 //! - `views.rs`: what commands and queries answer;
 //! - `idempotency.rs`, `auth/`: idempotency keys; API keys and who may do what.
 
@@ -20,9 +24,11 @@ mod commands;
 mod group_commit;
 pub mod idempotency;
 pub mod params;
+mod payment_files;
 mod problems;
 pub mod queries;
 pub mod requests;
+pub mod statements;
 pub mod views;
 
 use std::sync::Arc;
@@ -37,6 +43,7 @@ pub use commands::Outcome;
 use group_commit::GroupCommit;
 pub use group_commit::GroupCommitSettings;
 use idempotency::IdempotencyKey;
+pub use payment_files::{FileOutcome, FilePayment, PaymentFile, PaymentOutcome, PaymentRefusal};
 pub use problems::{AppError, is_outcome_unknown, is_unavailable};
 
 /// Named limits (SPEC §2.3, §3), each enforced where its input arrives.

@@ -52,6 +52,8 @@ pub struct HistoryRow {
     pub recorded_at: DateTime<Utc>,
     /// A returned transfer's reason (`currency_mismatch`).
     pub reason: Option<String>,
+    /// The payer's ISO 20022 end-to-end reference, when it gave one.
+    pub end_to_end_id: Option<String>,
 }
 
 /// The columns of [`BalanceRow`], for `concat!`: statements stay
@@ -66,7 +68,7 @@ macro_rules! balance_columns {
 macro_rules! history_columns {
     () => {
         "position, seq, transaction_id, kind, amount_cents, currency, counterparty_name, counterparty_iban, \
-         counterparty_bic, description, bulk_id, balance_after_cents, recorded_at, reason"
+         counterparty_bic, description, bulk_id, balance_after_cents, recorded_at, reason, end_to_end_id"
     };
 }
 
@@ -452,7 +454,7 @@ impl Ledger {
 }
 
 /// A history row as the history shows it.
-fn transaction_view(row: &HistoryRow) -> TransactionView {
+pub(crate) fn transaction_view(row: &HistoryRow) -> TransactionView {
     TransactionView {
         transaction_id: row.transaction_id,
         kind: row.kind.clone(),
@@ -469,5 +471,6 @@ fn transaction_view(row: &HistoryRow) -> TransactionView {
         recorded_at: row.recorded_at,
         position: row.position,
         reason: row.reason.clone(),
+        end_to_end_id: row.end_to_end_id.clone(),
     }
 }

@@ -31,7 +31,9 @@ pub struct DepositRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BulkTransferRequest {
     pub organization_name: String,
-    pub organization_bic: Bic,
+    /// Required in the JSON body; a pain.001 may leave the debtor's agent
+    /// out or say `NOTPROVIDED`.
+    pub organization_bic: Option<Bic>,
     pub organization_iban: Iban,
     pub credit_transfers: Vec<CreditTransferRequest>,
 }
@@ -41,10 +43,18 @@ pub struct CreditTransferRequest {
     pub amount_cents: i64,
     pub currency: Currency,
     pub counterparty_name: String,
-    pub counterparty_bic: Bic,
+    /// Required in the JSON body (the seed's contract); a pain.001 may
+    /// leave the creditor's agent out, as SEPA allows.
+    pub counterparty_bic: Option<Bic>,
     pub counterparty_iban: Iban,
     pub description: String,
+    /// ISO 20022 `EndToEndId`: the payer's own reference, kept with the
+    /// transfer everywhere. Optional in JSON, always there in a pain.001.
+    pub end_to_end_id: Option<String>,
 }
+
+/// The longest end-to-end reference (ISO 20022 `Max35Text`).
+pub const END_TO_END_ID_CHARS_MAX: usize = 35;
 
 // Fingerprints (SPEC §2.4): a digest of the parsed command, its kind and
 // every field, canonical (IBANs as stored, amounts in minor units or as
@@ -86,20 +96,26 @@ impl BulkTransferRequest {
             .credit_transfers
             .iter()
             .map(|t| {
-                json!({
+                let mut transfer = json!({
                     "amount_cents": t.amount_cents,
                     "currency": t.currency.code(),
                     "counterparty_name": t.counterparty_name,
-                    "counterparty_bic": t.counterparty_bic.to_string(),
+                    "counterparty_bic": t.counterparty_bic.as_ref().map(ToString::to_string),
                     "counterparty_iban": t.counterparty_iban.as_str(),
                     "description": t.description,
-                })
+                });
+                // Only when given: fingerprints recorded before the field
+                // existed stay the same.
+                if let Some(end_to_end_id) = &t.end_to_end_id {
+                    transfer["end_to_end_id"] = json!(end_to_end_id);
+                }
+                transfer
             })
             .collect();
         canonical_json::digest(&json!({
             "command": "transfer_bulk",
             "organization_name": self.organization_name,
-            "organization_bic": self.organization_bic.to_string(),
+            "organization_bic": self.organization_bic.as_ref().map(ToString::to_string),
             "organization_iban": self.organization_iban.as_str(),
             "credit_transfers": transfers,
         }))
@@ -316,7 +332,7 @@ pub fn parse_bulk_transfer(
         };
         Some(BulkTransferRequest {
             organization_name: organization_name?.to_owned(),
-            organization_bic: organization_bic?,
+            organization_bic: Some(organization_bic?),
             organization_iban: organization_iban?,
             credit_transfers: transfers?,
         })
@@ -341,6 +357,14 @@ fn parse_credit_transfer(
     if described && description.is_none() {
         return None;
     }
+    let end_to_end_id = reader.text(obj, path, "end_to_end_id", false, END_TO_END_ID_CHARS_MAX);
+    let referenced = !matches!(obj.get("end_to_end_id"), None | Some(Value::Null));
+    if referenced && end_to_end_id.is_none_or(str::is_empty) {
+        if end_to_end_id == Some("") {
+            reader.fail(join(path, "end_to_end_id"), "must not be empty");
+        }
+        return None;
+    }
     let (amount, currency) = (amount?, currency?);
     let amount_cents = amount
         .to_minor(currency)
@@ -350,9 +374,10 @@ fn parse_credit_transfer(
         amount_cents,
         currency,
         counterparty_name: counterparty_name?.to_owned(),
-        counterparty_bic: counterparty_bic?,
+        counterparty_bic: Some(counterparty_bic?),
         counterparty_iban: counterparty_iban?,
         description: description.unwrap_or_default().to_owned(),
+        end_to_end_id: end_to_end_id.map(str::to_owned),
     })
 }
 

@@ -96,6 +96,10 @@ pub struct TransactionView {
     /// Why the money came back, for a `transfer_returned` item.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The payer's ISO 20022 end-to-end reference (`EndToEndId`) of a
+    /// transfer, its credit or its return, when it gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_to_end_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

@@ -5,7 +5,8 @@
 //! - `accounts.rs`: `accounts open|deposit`;
 //! - `keys.rs`: `keys create|list|revoke`;
 //! - `projections.rs`: `projections rebuild|status`;
-//! - `audit.rs`: `audit` and `replay`.
+//! - `audit.rs`: `audit` and `replay`;
+//! - `files.rs`: `import` (pain.001) and `statement` (camt.053).
 //!
 //! Every setting is a flag with an environment fallback. With no
 //! `DATABASE_URL`, commands use the project-local PostgreSQL cluster under
@@ -13,6 +14,7 @@
 
 mod accounts;
 mod audit;
+mod files;
 mod keys;
 mod projections;
 mod serve;
@@ -103,6 +105,31 @@ enum Commands {
         #[arg(long)]
         account: Option<String>,
     },
+    /// Book a pain.001 payment file (ISO 20022 .03 or .09) and print its
+    /// pain.002 status report. Exit 0 when every payment booked, 1 when some
+    /// or none did, 2 when the file is invalid (nothing booked) or on error.
+    Import {
+        /// The pain.001 document.
+        file: PathBuf,
+        /// The report as a pain.002 document or as JSON.
+        #[arg(long, value_enum, default_value = "xml")]
+        format: files::Format,
+    },
+    /// Print an account's statement for a period of whole days (UTC) as a
+    /// camt.053.001.08 document (or JSON): opening and closing balances and
+    /// every movement, replayed from the log.
+    Statement {
+        #[arg(long)]
+        account: String,
+        /// First day, YYYY-MM-DD.
+        #[arg(long)]
+        from: String,
+        /// Last day, YYYY-MM-DD (included).
+        #[arg(long)]
+        to: String,
+        #[arg(long, value_enum, default_value = "xml")]
+        format: files::Format,
+    },
     /// Print an account's history with the running balance after each event.
     Replay {
         #[arg(long)]
@@ -173,6 +200,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Accounts(command) => accounts::run(&Ledger::new(pool, settings), command).await,
         Commands::Keys(command) => keys::run(&pool, command).await,
         Commands::Projections(command) => projections::run(&pool, command).await,
+        Commands::Import { file, format } => files::import(&Ledger::new(pool, settings), &file, format).await,
+        Commands::Statement {
+            account,
+            from,
+            to,
+            format,
+        } => files::statement(&Ledger::new(pool, settings), &account, &from, &to, format).await,
         Commands::Audit { account } => audit::audit(&pool, account.as_deref()).await,
         Commands::Replay {
             account,

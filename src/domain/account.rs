@@ -64,7 +64,9 @@ pub struct DepositCommand {
 pub struct TransferBulkCommand {
     pub bulk_id: Uuid,
     pub organization_name: String,
-    pub organization_bic: Bic,
+    /// `None`: the payer named no BIC (a pain.001 may say `NOTPROVIDED`);
+    /// only the name and the IBAN are checked then.
+    pub organization_bic: Option<Bic>,
     pub transfers: Vec<TransferLine>,
 }
 
@@ -75,8 +77,11 @@ pub struct TransferLine {
     pub currency: Currency,
     pub counterparty_name: String,
     pub counterparty_iban: Iban,
-    pub counterparty_bic: Bic,
+    /// Optional in SEPA (IBAN only): a pain.001 may leave `CdtrAgt` out.
+    pub counterparty_bic: Option<Bic>,
     pub description: String,
+    /// The payer's end-to-end reference (ISO 20022 `EndToEndId`).
+    pub end_to_end_id: Option<String>,
 }
 
 /// Facts, named in the past tense. The stored shape is this enum's serde
@@ -166,8 +171,16 @@ pub struct TransferBooked {
     pub currency: Currency,
     pub counterparty_name: String,
     pub counterparty_iban: Iban,
-    pub counterparty_bic: Bic,
+    /// Absent when the payer gave none (SEPA allows IBAN only). Left out of
+    /// the payload then, so events written before it was optional keep
+    /// their exact bytes (and hashes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counterparty_bic: Option<Bic>,
     pub description: String,
+    /// The payer's end-to-end reference (ISO 20022 `EndToEndId`), carried
+    /// to the payee's credit, the history, the feed and statements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_to_end_id: Option<String>,
 }
 
 impl Event {
@@ -260,7 +273,9 @@ pub fn decide(state: Option<&Account>, command: &Command) -> Result<Vec<Event>, 
 }
 
 fn decide_bulk(account: &Account, bulk: &TransferBulkCommand) -> Result<Vec<Event>, Refusal> {
-    if bulk.organization_name != account.organization_name || bulk.organization_bic != account.bic {
+    if bulk.organization_name != account.organization_name
+        || bulk.organization_bic.as_ref().is_some_and(|bic| *bic != account.bic)
+    {
         return Err(Refusal::OrganizationMismatch);
     }
     if bulk.transfers.is_empty() {
@@ -311,6 +326,7 @@ fn decide_bulk(account: &Account, bulk: &TransferBulkCommand) -> Result<Vec<Even
                 counterparty_iban: t.counterparty_iban.clone(),
                 counterparty_bic: t.counterparty_bic.clone(),
                 description: t.description.clone(),
+                end_to_end_id: t.end_to_end_id.clone(),
             })
             .collect(),
     }])
@@ -369,7 +385,7 @@ pub fn decide_credit(payee: &Account, posting: &Posting<'_>) -> Result<Event, Re
         amount_cents: transfer.amount_cents,
         currency: transfer.currency,
         description: transfer.description.clone(),
-        end_to_end_id: None,
+        end_to_end_id: transfer.end_to_end_id.clone(),
         balance_after_cents,
     })
 }
@@ -393,7 +409,7 @@ pub fn decide_return(payer: &Account, payee: &Account, posting: &Posting<'_>, re
         currency: transfer.currency,
         description: transfer.description.clone(),
         reason: reason.code().to_owned(),
-        end_to_end_id: None,
+        end_to_end_id: transfer.end_to_end_id.clone(),
         balance_after_cents,
     })
 }

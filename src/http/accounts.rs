@@ -12,10 +12,13 @@ use bytes::Bytes;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{ApiError, AppState, QueryMap, command_input, command_response, ok_json, query_map};
+use super::{
+    ApiError, AppState, QueryMap, command_input, command_response, ok_json, query_map, wants_json, xml_response,
+};
 use crate::app::auth::{Action, Principal};
 use crate::app::params::{HistoryCursor, MinPosition, PageSize, PointInTime};
 use crate::app::requests::{parse_deposit, parse_open_account};
+use crate::app::statements::{Period, StatementView};
 use crate::app::views::{AccountView, DepositView, PointInTimeView, TransactionPage};
 use crate::audit::StreamAudit;
 use crate::http::openapi::{DepositBody, OpenAccountBody};
@@ -29,6 +32,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(deposit))
         .routes(routes!(transactions))
         .routes(routes!(balance_at))
+        .routes(routes!(statement))
         .routes(routes!(audit))
 }
 
@@ -192,6 +196,47 @@ pub async fn balance_at(
     };
     ledger.reflect(min).await?;
     Ok(ok_json(&ledger.balance_at(&principal, &iban, at).await?))
+}
+
+/// The account's statement for a period of whole days (UTC): camt.053 in
+/// XML, or the same statement in JSON.
+#[utoipa::path(
+    get, path = "/v1/accounts/{iban}/statement", tag = "queries",
+    params(
+        ("iban" = String, Path, description = "The account's IBAN (spaces and lower case tolerated)", example = "DE89370400440532013000"),
+        ("from" = String, Query, description = "First day, YYYY-MM-DD (UTC)", example = "2026-11-01"),
+        ("to" = String, Query, description = "Last day, YYYY-MM-DD (UTC), included; at most 366 days after from", example = "2026-11-30"),
+        ("Accept" = Option<String>, Header, description = "`application/xml` (default): a camt.053.001.08 document; `application/json`: the same statement as JSON")
+    ),
+    responses(
+        (status = 200, description = "The statement: opening balance + entries = closing balance, all replayed from the log", body = StatementView,
+            content(
+                (StatementView = "application/json"),
+                (String = "application/xml", example = json!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Document xmlns=\"urn:iso:std:iso:20022:tech:xsd:camt.053.001.08\">\n  <BkToCstmrStmt>…</BkToCstmrStmt>\n</Document>"))
+            )),
+        (status = 400, description = "from or to missing, malformed, reversed or too far apart", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "No such account (or it was opened after the period)", content_type = "application/problem+json", body = Problem),
+    )
+)]
+pub async fn statement(
+    State(ledger): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    iban: IbanPath,
+    query: QueryMap,
+) -> Result<Response, ApiError> {
+    let iban = ledger.lookup_iban(&path_iban(iban)?, "iban")?;
+    let query = query_map(query)?;
+    let period = Period::parse(
+        query.get("from").map(String::as_str),
+        query.get("to").map(String::as_str),
+    )?;
+    let statement = ledger.statement(&principal, &iban, period).await?;
+    Ok(if wants_json(&headers) {
+        ok_json(&statement)
+    } else {
+        xml_response(axum::http::StatusCode::OK, crate::iso20022::camt053::xml(&statement))
+    })
 }
 
 /// Replay the account's stream, verify its hash chain, compare with the projections.

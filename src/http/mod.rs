@@ -238,6 +238,18 @@ pub(crate) fn command_input(
             return Err(Problem::new(ProblemType::UnsupportedMediaType, "send the body as application/json").into());
         }
     }
+    let context = command_context(principal, headers)?;
+    let body = serde_json::from_slice(&body)
+        .map_err(|error| Problem::validation(vec![FieldError::new("body", format!("is not valid JSON: {error}"))]))?;
+    Ok(CommandInput { context, body })
+}
+
+/// A command's context from its request's headers: the request id and the
+/// idempotency key.
+pub(crate) fn command_context(
+    principal: Principal,
+    headers: &axum::http::HeaderMap,
+) -> Result<CommandContext, ApiError> {
     let request_id = headers
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
@@ -247,16 +259,49 @@ pub(crate) fn command_input(
         .get(IDEMPOTENCY_KEY)
         .map(|raw| IdempotencyKey::parse(raw.as_bytes(), principal.idempotency_scope()))
         .transpose()?;
-    let body = serde_json::from_slice(&body)
-        .map_err(|error| Problem::validation(vec![FieldError::new("body", format!("is not valid JSON: {error}"))]))?;
-    Ok(CommandInput {
-        context: CommandContext {
-            principal,
-            request_id,
-            idempotency_key,
-        },
-        body,
+    Ok(CommandContext {
+        principal,
+        request_id,
+        idempotency_key,
     })
+}
+
+/// The essence (type/subtype, lower case) of a media type header.
+pub(crate) fn media_type(value: Option<&HeaderValue>) -> Option<String> {
+    value
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|mime| mime.trim().to_ascii_lowercase())
+}
+
+/// Whether a media type is XML (`application/xml`, `text/xml`, `…+xml`).
+pub(crate) fn is_xml(mime: &str) -> bool {
+    mime == "application/xml" || mime == "text/xml" || mime.ends_with("+xml")
+}
+
+/// Whether the client asked for JSON rather than XML (`Accept`), for the
+/// routes that speak both: JSON only when it names JSON and not XML.
+pub(crate) fn wants_json(headers: &axum::http::HeaderMap) -> bool {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",")
+        .to_ascii_lowercase();
+    accept.contains("json") && !accept.contains("xml")
+}
+
+pub(crate) fn xml_response(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/xml; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// A command's outcome: 201 with its view, or its recorded refusal, marked

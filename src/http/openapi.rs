@@ -83,6 +83,10 @@ pub struct CreditTransferBody {
     pub counterparty_iban: String,
     /// Up to 140 characters.
     pub description: Option<String>,
+    /// The payer's own reference for the transfer (ISO 20022 `EndToEndId`,
+    /// 1 to 35 characters): kept in its events, history, feed and
+    /// statements, and given to the payee's credit.
+    pub end_to_end_id: Option<String>,
 }
 
 /// Body of `POST /v1/transfer/bulk` (the original service's format).
@@ -105,6 +109,38 @@ pub struct BulkTransferBody {
     /// 1 to 10,000 transfers (configurable), booked all or none.
     pub credit_transfers: Vec<CreditTransferBody>,
 }
+
+/// An example pain.001.001.09 document, for the API's documentation.
+pub const PAIN_001_EXAMPLE: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<Document xmlns="urn:iso:std:iso:20022:tech:xsd:pain.001.001.09">
+  <CstmrCdtTrfInitn>
+    <GrpHdr><MsgId>PAYROLL-2026-11</MsgId><CreDtTm>2026-11-30T09:00:00</CreDtTm><NbOfTxs>1</NbOfTxs><CtrlSum>2500.00</CtrlSum><InitgPty><Nm>Globex GmbH</Nm></InitgPty></GrpHdr>
+    <PmtInf>
+      <PmtInfId>PAYROLL-2026-11-1</PmtInfId><PmtMtd>TRF</PmtMtd><ReqdExctnDt><Dt>2026-12-01</Dt></ReqdExctnDt>
+      <Dbtr><Nm>Globex GmbH</Nm></Dbtr>
+      <DbtrAcct><Id><IBAN>DE89370400440532013000</IBAN></Id></DbtrAcct>
+      <DbtrAgt><FinInstnId><BICFI>COBADEFFXXX</BICFI></FinInstnId></DbtrAgt>
+      <CdtTrfTxInf>
+        <PmtId><EndToEndId>SAL-2026-11-0001</EndToEndId></PmtId>
+        <Amt><InstdAmt Ccy="EUR">2500.00</InstdAmt></Amt>
+        <CdtrAgt><FinInstnId><BICFI>NWBKGB2L</BICFI></FinInstnId></CdtrAgt>
+        <Cdtr><Nm>Hank Scorpio</Nm></Cdtr>
+        <CdtrAcct><Id><IBAN>GB82WEST12345698765432</IBAN></Id></CdtrAcct>
+        <RmtInf><Ustrd>Salary 2026-11</Ustrd></RmtInf>
+      </CdtTrfTxInf>
+    </PmtInf>
+  </CstmrCdtTrfInitn>
+</Document>"#;
+
+/// An example pain.002.001.10 answer, for the API's documentation.
+pub const PAIN_002_EXAMPLE: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<Document xmlns="urn:iso:std:iso:20022:tech:xsd:pain.002.001.10">
+  <CstmrPmtStsRpt>
+    <GrpHdr><MsgId>STS-a5d2981a798b8a93be375ebcad17dc2</MsgId><CreDtTm>2026-12-01T09:00:01.234Z</CreDtTm></GrpHdr>
+    <OrgnlGrpInfAndSts><OrgnlMsgId>PAYROLL-2026-11</OrgnlMsgId><OrgnlMsgNmId>pain.001.001.09</OrgnlMsgNmId><OrgnlNbOfTxs>1</OrgnlNbOfTxs><GrpSts>ACCP</GrpSts></OrgnlGrpInfAndSts>
+    <OrgnlPmtInfAndSts><OrgnlPmtInfId>PAYROLL-2026-11-1</OrgnlPmtInfId><OrgnlNbOfTxs>1</OrgnlNbOfTxs><PmtInfSts>ACCP</PmtInfSts></OrgnlPmtInfAndSts>
+  </CstmrPmtStsRpt>
+</Document>"#;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -214,6 +250,7 @@ mod tests {
             ("get", "/v1/accounts/{iban}/transactions"),
             ("get", "/v1/accounts/{iban}/balance"),
             ("get", "/v1/accounts/{iban}/audit"),
+            ("get", "/v1/accounts/{iban}/statement"),
             ("get", "/v1/events"),
             ("get", "/v1/ledger/trial-balance"),
             ("post", "/v1/transfer/bulk"),

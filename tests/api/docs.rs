@@ -13,7 +13,7 @@ async fn the_openapi_document_lists_served_routes() {
     assert_eq!(status, 200);
     assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
     let paths = spec["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 12, "{:?}", paths.keys());
+    assert_eq!(paths.len(), 13, "{:?}", paths.keys());
     for (path, item) in paths {
         for method in item.as_object().unwrap().keys() {
             let concrete = path.replace("{iban}", "DE89370400440532013000");
@@ -29,8 +29,31 @@ async fn the_openapi_document_lists_served_routes() {
             );
         }
     }
-    // The bulk endpoint documents its statuses and the idempotency header.
+    // The bulk endpoint documents its statuses and the idempotency header,
+    // and both media types (JSON, and pain.001 in XML with a pain.002 answer).
     let bulk = &spec["paths"]["/v1/transfer/bulk"]["post"];
+    let request = &bulk["requestBody"]["content"];
+    assert!(request["application/json"].is_object(), "{request}");
+    assert!(
+        request["application/xml"]["example"]
+            .as_str()
+            .unwrap()
+            .contains("pain.001.001.09"),
+        "{request}"
+    );
+    let created = &bulk["responses"]["201"]["content"];
+    assert!(
+        created["application/xml"]["example"]
+            .as_str()
+            .unwrap()
+            .contains("pain.002.001.10")
+    );
+    assert!(bulk["responses"]["200"]["content"]["application/json"].is_object());
+    let statement = &spec["paths"]["/v1/accounts/{iban}/statement"]["get"]["responses"]["200"]["content"];
+    assert!(
+        statement["application/xml"].is_object() && statement["application/json"].is_object(),
+        "{statement}"
+    );
     for status in ["201", "400", "404", "409", "413", "422"] {
         assert!(bulk["responses"][status].is_object(), "bulk documents {status}");
     }

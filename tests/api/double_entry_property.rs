@@ -93,9 +93,10 @@ async fn apply(ledger: &Ledger, op: &Op) {
                     amount_cents: *cents,
                     currency: currency_of(*a),
                     counterparty_name: format!("Org {payee}"),
-                    counterparty_bic: Bic::parse("COBADEFFXXX").unwrap(),
+                    counterparty_bic: Some(Bic::parse("COBADEFFXXX").unwrap()),
                     counterparty_iban: iban(*payee),
                     description: format!("{cents}"),
+                    end_to_end_id: None,
                 })
                 .collect();
             if credit_transfers.is_empty() {
@@ -103,7 +104,7 @@ async fn apply(ledger: &Ledger, op: &Op) {
             }
             let request = BulkTransferRequest {
                 organization_name: format!("Org {a}"),
-                organization_bic: Bic::parse("COBADEFFXXX").unwrap(),
+                organization_bic: Some(Bic::parse("COBADEFFXXX").unwrap()),
                 organization_iban: iban(*a),
                 credit_transfers,
             };

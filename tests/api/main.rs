@@ -14,6 +14,7 @@ mod fuzz;
 mod grpc;
 mod hygiene;
 mod idempotency;
+mod iso20022;
 mod limits;
 mod money;
 mod outcomes;

@@ -65,7 +65,7 @@ async fn apply(ledger: &Ledger, op: &Op) {
         Op::Bulk(a, amounts) => {
             let request = BulkTransferRequest {
                 organization_name: format!("Org {a}"),
-                organization_bic: Bic::parse("COBADEFFXXX").unwrap(),
+                organization_bic: Some(Bic::parse("COBADEFFXXX").unwrap()),
                 organization_iban: iban(*a),
                 credit_transfers: amounts
                     .iter()
@@ -74,9 +74,12 @@ async fn apply(ledger: &Ledger, op: &Op) {
                         currency: Currency::EUR,
                         // Names vary for one payee IBAN: the latest one must win.
                         counterparty_name: format!("Payee {}", cents % 3),
-                        counterparty_bic: Bic::parse("NWBKGB2L").unwrap(),
+                        // Some without a BIC, some with an end-to-end id (as
+                        // pain.001 files give them): rebuilt like the rest.
+                        counterparty_bic: (cents % 2 == 0).then(|| Bic::parse("NWBKGB2L").unwrap()),
                         counterparty_iban: iban((a + 1) % IBANS.len()),
                         description: format!("{cents}"),
+                        end_to_end_id: (cents % 5 != 0).then(|| format!("E2E-{cents}")),
                     })
                     .collect(),
             };

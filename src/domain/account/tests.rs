@@ -61,8 +61,9 @@ fn line(id: u128, amount_cents: i64) -> TransferLine {
         currency: Currency::EUR,
         counterparty_name: "Bip Bip".into(),
         counterparty_iban: iban("EE383680981021245685"),
-        counterparty_bic: Bic::parse("CRLYFRPPTOU").unwrap(),
+        counterparty_bic: Some(Bic::parse("CRLYFRPPTOU").unwrap()),
         description: "Wonderland/4410".into(),
+        end_to_end_id: None,
     }
 }
 
@@ -70,7 +71,7 @@ fn bulk(lines: Vec<TransferLine>) -> Command {
     Command::TransferBulk(TransferBulkCommand {
         bulk_id: Uuid::from_u128(42),
         organization_name: "ACME Corp".into(),
-        organization_bic: Bic::parse("OIVUSCLQXXX").unwrap(),
+        organization_bic: Some(Bic::parse("OIVUSCLQXXX").unwrap()),
         transfers: lines,
     })
 }
@@ -218,9 +219,15 @@ fn a_bulk_for_another_organization_or_bic_is_refused() {
     assert_eq!(given(vec![opened()]).when(command), Err(Refusal::OrganizationMismatch));
     let mut command = bulk(vec![line(1, 1)]);
     if let Command::TransferBulk(b) = &mut command {
-        b.organization_bic = Bic::parse("DEUTDEFF").unwrap();
+        b.organization_bic = Some(Bic::parse("DEUTDEFF").unwrap());
     }
     assert_eq!(given(vec![opened()]).when(command), Err(Refusal::OrganizationMismatch));
+    // No BIC given (a pain.001's NOTPROVIDED): the name and IBAN decide.
+    let mut command = bulk(vec![line(1, 1)]);
+    if let Command::TransferBulk(b) = &mut command {
+        b.organization_bic = None;
+    }
+    assert!(given(vec![opened(), deposited(100, 100)]).when(command).is_ok());
 }
 
 #[test]
@@ -283,8 +290,9 @@ fn events_round_trip_through_their_stored_form() {
             currency: Currency::EUR,
             counterparty_name: "Bip Bip".into(),
             counterparty_iban: iban("EE383680981021245685"),
-            counterparty_bic: Bic::parse("CRLYFRPPTOU").unwrap(),
+            counterparty_bic: Some(Bic::parse("CRLYFRPPTOU").unwrap()),
             description: "x".into(),
+            end_to_end_id: None,
         }],
     };
     let stored = event.data();
@@ -363,6 +371,7 @@ fn booked_transfer(amount_cents: i64) -> TransferBooked {
         counterparty_iban: line.counterparty_iban,
         counterparty_bic: line.counterparty_bic,
         description: line.description,
+        end_to_end_id: line.end_to_end_id,
     }
 }
 
@@ -463,9 +472,38 @@ fn double_entry_events_round_trip_through_their_stored_form() {
     .unwrap();
     for event in [credit, back] {
         let data = event.data();
-        assert!(data.get("end_to_end_id").is_none(), "absent until ISO 20022 gives one");
+        assert!(data.get("end_to_end_id").is_none(), "absent when the payer gave none");
         assert_eq!(Event::from_stored(event.event_type(), data).unwrap(), event);
     }
+    // Given one, the payer's end-to-end id travels to the credit and to the return.
+    let referenced = TransferBooked {
+        end_to_end_id: Some("E2E-2026-0001".into()),
+        counterparty_bic: None,
+        ..transfer.clone()
+    };
+    let posting = Posting {
+        transfer: &referenced,
+        ..posting
+    };
+    let credit = decide_credit(&payee(Currency::EUR, 0), &posting).unwrap();
+    let back = decide_return(
+        &payer,
+        &payee(Currency::EUR, 0),
+        &posting,
+        ReturnReason::CurrencyMismatch,
+    )
+    .unwrap();
+    for event in [credit, back] {
+        let data = event.data();
+        assert_eq!(data["end_to_end_id"], "E2E-2026-0001");
+        assert_eq!(Event::from_stored(event.event_type(), data).unwrap(), event);
+    }
+    let stored = serde_json::to_value(&referenced).unwrap();
+    assert!(
+        stored.get("counterparty_bic").is_none(),
+        "an absent BIC is left out of the payload"
+    );
+    assert_eq!(serde_json::from_value::<TransferBooked>(stored).unwrap(), referenced);
 }
 
 #[test]
