@@ -34,6 +34,8 @@
 //! | `payroll`     | on-us: bulks of 1,000 transfers from the hot account to the 1,000    |
 //! |               | accounts, one at a time; time to the 201, then until every credit is |
 //! |               | visible (a query with the 201's `min_position`)                      |
+//! | `pain001`     | the same payroll of 10,000 transfers as a pain.001.001.09 document and |
+//! |               | as a JSON bulk, alternately, one at a time; time per request of each   |
 //! | `seed-hot`    | baseline: the seed service's SQL, one transaction per transfer, one row, |
 //! |               | sqlx pool of 64                                                          |
 //! | `seed-spread` | the same on 1,000 rows                                                   |
@@ -69,6 +71,8 @@ mod driver;
 mod grpc;
 #[path = "load/http.rs"]
 mod http;
+#[path = "load/pain001.rs"]
+mod pain001;
 #[path = "load/payroll.rs"]
 mod payroll;
 #[path = "load/postgres.rs"]
@@ -195,7 +199,7 @@ async fn bench(config: &Config, postgres: &Postgres, scratch: &Path) -> anyhow::
     let mut notes = Vec::new();
 
     let ledger_selected: Vec<&LedgerScenario> = LEDGER_SCENARIOS.iter().filter(|s| config.runs(s.name)).collect();
-    if !ledger_selected.is_empty() || config.runs("payroll") {
+    if !ledger_selected.is_empty() || config.runs("payroll") || config.runs("pain001") {
         run_ledger(config, postgres, scratch, &ledger_selected, &mut rows, &mut notes).await?;
     }
     // The baselines run after the ledger server has gone, so neither
@@ -357,6 +361,34 @@ async fn run_ledger(
             thousands(figures.transfers as f64),
             thousands(spread.len() as f64),
             thousands(figures.transfers as f64 * 1000.0 / credited_p50)
+        ));
+    }
+    if config.runs("pain001") {
+        settle(postgres, "pain001", notes).await;
+        eprintln!(
+            "load: pain001: {} pain.001 documents and {} JSON bulks of {} transfers",
+            pain001::ROUNDS,
+            pain001::ROUNDS,
+            thousands(pain001::TRANSACTIONS as f64)
+        );
+        let figures = pain001::run(server.address, &hot)
+            .await
+            .context("the pain001 scenario")?;
+        let (json_p50, json_max) = payroll::Figures::summary(&figures.json_ms);
+        let (xml_p50, xml_max) = payroll::Figures::summary(&figures.xml_ms);
+        let per_second = |ms: f64| thousands(pain001::TRANSACTIONS as f64 * 1000.0 / ms);
+        let ratio = xml_p50 / json_p50;
+        notes.push(format!(
+            "pain001 (ISO 20022, SPEC §10): {} transfers per request, one request at a time, alternating; \
+             JSON bulk ({} KiB) {json_p50:.0} ms p50 ({json_max:.0} max), {} transfers/s; \
+             pain.001.001.09 ({} KiB, XSD-validated) {xml_p50:.0} ms p50 ({xml_max:.0} max), {} transfers/s; \
+             pain.001 ÷ JSON time {ratio:.2}× (goal ≤ 1.5×: {})",
+            thousands(pain001::TRANSACTIONS as f64),
+            figures.json_bytes / 1024,
+            per_second(json_p50),
+            figures.xml_bytes / 1024,
+            per_second(xml_p50),
+            if ratio <= 1.5 { "met" } else { "not met" }
         ));
     }
     server.stop();

@@ -154,12 +154,25 @@ impl Connection {
         body: Bytes,
         idempotency_key: Option<&str>,
     ) -> Result<(u16, Bytes), String> {
-        self.send(Method::POST, path, body, idempotency_key).await
+        self.send(Method::POST, path, body, "application/json", idempotency_key)
+            .await
+    }
+
+    /// POSTs a body of another media type (a pain.001 in XML).
+    pub async fn post_as(
+        &mut self,
+        path: &str,
+        body: Bytes,
+        content_type: &'static str,
+        idempotency_key: Option<&str>,
+    ) -> Result<(u16, Bytes), String> {
+        self.send(Method::POST, path, body, content_type, idempotency_key).await
     }
 
     /// GETs `path`; returns the status and the whole response body.
     pub async fn get(&mut self, path: &str) -> Result<(u16, Bytes), String> {
-        self.send(Method::GET, path, Bytes::new(), None).await
+        self.send(Method::GET, path, Bytes::new(), "application/json", None)
+            .await
     }
 
     async fn send(
@@ -167,13 +180,14 @@ impl Connection {
         method: Method,
         path: &str,
         body: Bytes,
+        content_type: &'static str,
         idempotency_key: Option<&str>,
     ) -> Result<(u16, Bytes), String> {
         let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header(HOST, self.host.clone())
-            .header(CONTENT_TYPE, "application/json");
+            .header(CONTENT_TYPE, content_type);
         if let Some(authorization) = AUTHORIZATION.get() {
             request = request.header(AUTHORIZATION_HEADER, authorization.clone());
         }

@@ -82,7 +82,7 @@ pub(super) const LEDGER_SCENARIOS: [LedgerScenario; 6] = [
 ];
 
 /// Scenarios of their own shape (not a closed or open loop of one body).
-pub(super) const OTHERS: [&str; 1] = ["payroll"];
+pub(super) const OTHERS: [&str; 2] = ["payroll", "pain001"];
 
 pub(super) const BASELINES: [&str; 3] = ["seed-hot", "seed-spread", "insert-ceiling"];
 

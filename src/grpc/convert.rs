@@ -125,6 +125,7 @@ pub(super) fn bulk_body(request: &pb::TransferBulkRequest) -> Value {
             put(&mut transfer, "counterparty_bic", t.counterparty_bic.clone());
             put(&mut transfer, "counterparty_iban", t.counterparty_iban.clone());
             put_optional(&mut transfer, "description", t.description.clone());
+            put_optional(&mut transfer, "end_to_end_id", t.end_to_end_id.clone());
             Value::Object(transfer)
         })
         .collect();
@@ -153,6 +154,7 @@ pub fn bulk_request_from_json(json: &Value) -> pb::TransferBulkRequest {
                         counterparty_bic: text(t, "counterparty_bic"),
                         counterparty_iban: text(t, "counterparty_iban"),
                         description: t["description"].as_str().map(str::to_owned),
+                        end_to_end_id: t["end_to_end_id"].as_str().map(str::to_owned),
                     })
                     .collect()
             })
@@ -210,6 +212,8 @@ pub(super) fn transaction_message(view: TransactionView) -> pb::Transaction {
         balance_after_cents: view.balance_after_cents,
         recorded_at: view.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         position: view.position,
+        reason: view.reason,
+        end_to_end_id: view.end_to_end_id,
     }
 }
 

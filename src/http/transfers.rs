@@ -21,7 +21,7 @@ use crate::app::views::BulkTransferView;
 use crate::http::openapi::BulkTransferBody;
 use crate::iso20022::pain002::StatusReport;
 use crate::iso20022::{pain001, pain002};
-use crate::problem::{FieldError, Problem};
+use crate::problem::{FieldError, Problem, ProblemType};
 
 /// This feature's endpoints.
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -70,8 +70,16 @@ pub async fn bulk(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if media_type(headers.get(header::CONTENT_TYPE)).is_some_and(|mime| is_xml(&mime)) {
-        return payment_file(&ledger, principal, &headers, body).await;
+    match media_type(headers.get(header::CONTENT_TYPE)) {
+        Some(mime) if is_xml(&mime) => return payment_file(&ledger, principal, &headers, body).await,
+        Some(mime) if !(mime == "application/json" || mime.ends_with("+json")) => {
+            return Err(Problem::new(
+                ProblemType::UnsupportedMediaType,
+                "send the bulk as application/json, or a pain.001 document as application/xml",
+            )
+            .into());
+        }
+        _ => {}
     }
     let input = command_input(principal, &headers, body)?;
     let settings = ledger.settings();

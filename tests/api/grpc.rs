@@ -905,6 +905,7 @@ async fn grpc_reads_its_writes_and_the_trial_balance() {
                     counterparty_bic: "COBADEFFXXX".into(),
                     counterparty_iban: globex.into(),
                     description: Some("Invoice".into()),
+                    end_to_end_id: Some("INV-2026-117".into()),
                 }],
                 idempotency_key: None,
             },
@@ -927,6 +928,23 @@ async fn grpc_reads_its_writes_and_the_trial_balance() {
         .unwrap()
         .into_inner();
     assert_eq!(payee.balance_cents, 30_000, "read your writes over gRPC");
+    // The payer's end-to-end reference travels to the payee's history.
+    let credits = f
+        .client
+        .list_transactions(with_key(
+            pb::ListTransactionsRequest {
+                iban: globex.into(),
+                limit: Some(1),
+                cursor: None,
+                min_position: Some(position),
+            },
+            &f.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(credits.items[0].kind, "transfer_received");
+    assert_eq!(credits.items[0].end_to_end_id.as_deref(), Some("INV-2026-117"));
     let balance = f
         .client
         .get_trial_balance(with_key(
