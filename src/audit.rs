@@ -233,12 +233,20 @@ pub fn replay_stream(account_id: Uuid, events: &[StoredEvent]) -> Replayed {
     }
 }
 
-/// Audits one stream against the projections.
+/// Audits one stream against the projections. The log and both inline
+/// projections are read in one REPEATABLE READ snapshot: an append that
+/// commits between the reads would otherwise show up as drift (the events
+/// read before it, the newer balances row after).
 pub async fn audit_stream(pool: &PgPool, account_id: Uuid) -> Result<StreamAudit, sqlx::Error> {
-    let events = event_store::read_stream(pool, account_id, None, None).await?;
+    let mut snapshot = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *snapshot)
+        .await?;
+    let events = event_store::read_stream(&mut *snapshot, account_id, None, None).await?;
+    let projected = queries::balance_row(&mut *snapshot, account_id).await?;
+    let rows = queries::history_of(&mut *snapshot, account_id).await?;
+    snapshot.commit().await?;
     let replayed = replay_stream(account_id, &events);
-    let projected = queries::balance_row(pool, account_id).await?;
-    let rows = queries::history_of(pool, account_id).await?;
 
     let iban = replayed
         .account

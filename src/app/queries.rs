@@ -105,14 +105,17 @@ impl BalanceRow {
 }
 
 /// The balances row of an account, if it has one.
-pub async fn balance_row(pool: &PgPool, account_id: Uuid) -> Result<Option<BalanceRow>, sqlx::Error> {
+pub async fn balance_row<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    account_id: Uuid,
+) -> Result<Option<BalanceRow>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",
         balance_columns!(),
         " FROM balances b WHERE b.account_id = $1"
     ))
     .bind(account_id)
-    .fetch_optional(pool)
+    .fetch_optional(executor)
     .await
 }
 
@@ -163,14 +166,17 @@ pub async fn load_accounts<'e, E: sqlx::PgExecutor<'e>>(
 }
 
 /// An account's whole history, oldest first (for the audit).
-pub async fn history_of(pool: &PgPool, account_id: Uuid) -> Result<Vec<HistoryRow>, sqlx::Error> {
+pub async fn history_of<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    account_id: Uuid,
+) -> Result<Vec<HistoryRow>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",
         history_columns!(),
         " FROM transactions WHERE account_id = $1 ORDER BY position, seq"
     ))
     .bind(account_id)
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await
 }
 

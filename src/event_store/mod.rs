@@ -435,8 +435,8 @@ const SELECT_EVENTS: &str =
 
 /// Reads a stream in version order, optionally only up to a global position
 /// or a recorded time.
-pub async fn read_stream(
-    pool: &PgPool,
+pub async fn read_stream<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
     stream_id: Uuid,
     until_position: Option<i64>,
     until_time: Option<DateTime<Utc>>,
@@ -448,7 +448,7 @@ pub async fn read_stream(
     .bind(stream_id)
     .bind(until_position)
     .bind(until_time)
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await
 }
 
