@@ -74,7 +74,9 @@ macro_rules! history_columns {
 
 impl BalanceRow {
     /// The account as the domain knows it, and its stream head.
-    pub fn into_state(self, head_hash: Option<&[u8]>) -> Result<(Account, StreamHead), AppError> {
+    /// `head`: the stream head event's hash and recorded time, when read
+    /// with the row.
+    pub fn into_state(self, head: Option<(&[u8], DateTime<Utc>)>) -> Result<(Account, StreamHead), AppError> {
         let corrupt = |what: &str| {
             AppError::Internal(anyhow::anyhow!(
                 "balances row of {} has an invalid {what}",
@@ -90,8 +92,8 @@ impl BalanceRow {
             balance_cents: self.balance_cents,
             version: self.version,
         };
-        let hash = match head_hash {
-            Some(bytes) => bytes.try_into().map_err(|_| corrupt("head hash"))?,
+        let hash = match head {
+            Some((bytes, _)) => bytes.try_into().map_err(|_| corrupt("head hash"))?,
             None => [0; 32],
         };
         Ok((
@@ -99,6 +101,7 @@ impl BalanceRow {
             StreamHead {
                 version: self.version,
                 hash,
+                recorded_at: head.map(|(_, at)| at),
             },
         ))
     }
@@ -146,11 +149,12 @@ pub async fn load_accounts<'e, E: sqlx::PgExecutor<'e>>(
         #[sqlx(flatten)]
         row: BalanceRow,
         hash: Vec<u8>,
+        recorded_at: DateTime<Utc>,
     }
     let snapshots: Vec<Snapshot> = sqlx::query_as(concat!(
         "SELECT ",
         balance_columns!(),
-        ", e.hash FROM balances b JOIN events e ON e.stream_id = b.account_id AND e.version = b.version \
+        ", e.hash, e.recorded_at FROM balances b JOIN events e ON e.stream_id = b.account_id AND e.version = b.version \
          WHERE b.account_id = ANY($1)"
     ))
     .bind(account_ids)
@@ -160,7 +164,9 @@ pub async fn load_accounts<'e, E: sqlx::PgExecutor<'e>>(
         .into_iter()
         .map(|s| {
             let id = s.row.account_id;
-            s.row.into_state(Some(&s.hash)).map(|state| (id, state))
+            s.row
+                .into_state(Some((&s.hash, s.recorded_at)))
+                .map(|state| (id, state))
         })
         .collect()
 }

@@ -50,12 +50,19 @@ pub struct IdempotencyRecord {
 pub struct StreamHead {
     pub version: i64,
     pub hash: [u8; 32],
+    /// When the head event was recorded: the next event of the stream is
+    /// recorded no earlier (a server whose clock is behind another's, or a
+    /// clock stepped back, never makes a stream's times go backwards, so a
+    /// point in time always selects a prefix of it). `None` when unknown
+    /// or empty.
+    pub recorded_at: Option<DateTime<Utc>>,
 }
 
 impl StreamHead {
     pub const EMPTY: StreamHead = StreamHead {
         version: 0,
         hash: hash::GENESIS,
+        recorded_at: None,
     };
 }
 
@@ -169,6 +176,8 @@ pub async fn append<'e, E: sqlx::PgExecutor<'e>>(
 /// One stream's events ready for the `events` table: versions after the
 /// head, and hashes chained from it.
 struct Chained<'a> {
+    /// The stream's events' recorded time: the batch's, or its head's.
+    recorded_at: DateTime<Utc>,
     versions: Vec<i64>,
     types: Vec<&'static str>,
     schemas: Vec<i32>,
@@ -179,7 +188,10 @@ struct Chained<'a> {
 }
 
 fn chain<'a>(stream_id: Uuid, head: StreamHead, events: &'a [NewEvent], recorded_at: DateTime<Utc>) -> Chained<'a> {
+    // Never before the stream's head (see `StreamHead::recorded_at`).
+    let recorded_at = head.recorded_at.map_or(recorded_at, |at| at.max(recorded_at));
     let mut chained = Chained {
+        recorded_at,
         versions: Vec::with_capacity(events.len()),
         types: Vec::with_capacity(events.len()),
         schemas: Vec::with_capacity(events.len()),
@@ -215,6 +227,7 @@ fn chain<'a>(stream_id: Uuid, head: StreamHead, events: &'a [NewEvent], recorded
     chained.head = StreamHead {
         version: head.version + events.len() as i64,
         hash: previous,
+        recorded_at: Some(recorded_at),
     };
     chained
 }
@@ -241,9 +254,10 @@ pub struct StreamAppended {
 const APPEND_MANY_SQL: &str = r#"
 WITH ins AS (
     INSERT INTO events (stream_id, version, event_type, schema_version, data, metadata, recorded_at, hash)
-    SELECT st, v, t, s, d, m, $7, h
-    FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[], $8::bytea[])
-         AS u(st, v, t, s, d, m, h)
+    SELECT st, v, t, s, d, m, r, h
+    FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[], $7::timestamptz[],
+                $8::bytea[])
+         AS u(st, v, t, s, d, m, r, h)
     RETURNING *
 ), idem AS (
     INSERT INTO idempotency_keys (scope, key, request_hash, stream_id, response_status, response_body, position)
@@ -289,10 +303,12 @@ pub async fn append_many<'e, E: sqlx::PgExecutor<'e>>(
     let mut payloads = Vec::with_capacity(events);
     let mut metadatas = Vec::with_capacity(events);
     let mut hashes = Vec::with_capacity(events);
+    let mut times = Vec::with_capacity(events);
     let mut heads = Vec::with_capacity(appends.len());
     for append in appends {
         let chained = chain(append.stream_id, append.head, append.events, recorded_at);
         streams.extend(std::iter::repeat_n(append.stream_id, append.events.len()));
+        times.extend(std::iter::repeat_n(chained.recorded_at, append.events.len()));
         versions.extend(chained.versions);
         types.extend(chained.types);
         schemas.extend(chained.schemas);
@@ -329,7 +345,7 @@ pub async fn append_many<'e, E: sqlx::PgExecutor<'e>>(
         .bind(&schemas)
         .bind(&payloads)
         .bind(&metadatas)
-        .bind(recorded_at)
+        .bind(&times)
         .bind(&hashes)
         .bind(&keys.scopes)
         .bind(&keys.keys)
@@ -434,7 +450,9 @@ const SELECT_EVENTS: &str =
     "SELECT position, stream_id, version, event_type, schema_version, data, metadata, recorded_at, hash FROM events";
 
 /// Reads a stream in version order, optionally only up to a global position
-/// or a recorded time.
+/// or a recorded time. Up to a time means the prefix before the stream's
+/// first event recorded after it: a prefix even in a stream written before
+/// recorded times were kept monotone (an older server with a skewed clock).
 pub async fn read_stream<'e, E: sqlx::PgExecutor<'e>>(
     executor: E,
     stream_id: Uuid,
@@ -443,7 +461,10 @@ pub async fn read_stream<'e, E: sqlx::PgExecutor<'e>>(
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
     sqlx::query_as(&format!(
         "{SELECT_EVENTS} WHERE stream_id = $1 AND ($2::bigint IS NULL OR position <= $2) \
-         AND ($3::timestamptz IS NULL OR recorded_at <= $3) ORDER BY version"
+         AND ($3::timestamptz IS NULL OR version < coalesce( \
+             (SELECT min(f.version) FROM events f WHERE f.stream_id = $1 AND f.recorded_at > $3), \
+             9223372036854775807)) \
+         ORDER BY version"
     ))
     .bind(stream_id)
     .bind(until_position)

@@ -74,6 +74,7 @@ async fn a_stale_expected_version_is_a_conflict() {
     let stale = event_store::StreamHead {
         version: 1,
         hash: [0; 32],
+        recorded_at: None,
     };
     let event = ledger::domain::Event::BulkTransferRejected {
         bulk_id: uuid::Uuid::now_v7(),
@@ -116,4 +117,77 @@ async fn large_payloads_are_stored_lz4_compressed() {
             .await
             .unwrap();
     assert_eq!(method.as_deref(), Some("lz4"));
+}
+
+/// A stream's `recorded_at` never goes backwards (issue #15, item 5): after
+/// an event recorded by a server whose clock runs an hour ahead, a server
+/// with the right clock records the stream's next event no earlier, so
+/// `as_of` always selects a prefix of the stream and never fails.
+#[tokio::test]
+async fn a_streams_recorded_times_never_go_backwards() {
+    let app = TestApp::spawn().await;
+    app.acme_with(10_000).await;
+    let iban = ledger::domain::Iban::parse(ACME_IBAN, ledger::domain::IbanCheck::Structure).unwrap();
+    let (account, head) = ledger::app::queries::load_account(&app.pool, &iban)
+        .await
+        .unwrap()
+        .unwrap();
+    let ahead = chrono::Utc::now() + chrono::Duration::hours(1);
+    let event = ledger::domain::Event::BulkTransferRejected {
+        bulk_id: uuid::Uuid::now_v7(),
+        reason: "insufficient_funds".into(),
+        currency: ledger::domain::Currency::EUR,
+        requested_cents: 1_000_000,
+        available_cents: 10_000,
+        transfer_count: 1,
+    };
+    event_store::append(
+        &app.pool,
+        account.account_id,
+        head,
+        &[event_store::NewEvent {
+            event,
+            metadata: json!({}),
+        }],
+        ahead,
+        &[],
+    )
+    .await
+    .unwrap();
+    // This server's clock is right; the stream's head is an hour ahead.
+    let (status, body) = app
+        .post(
+            &format!("/v1/accounts/{ACME_IBAN}/deposits"),
+            &json!({"amount": "1.00"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let times: Vec<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT recorded_at FROM events WHERE stream_id = $1 ORDER BY version")
+            .bind(account.account_id)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(times.len(), 4);
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert!(times[3] >= chrono::SubsecRound::trunc_subsecs(ahead, 6));
+    // Any point in time is a prefix: now (before the skewed event), and later.
+    for (at, events, balance) in [
+        (chrono::Utc::now(), 2, 10_000),
+        (ahead + chrono::Duration::minutes(1), 4, 10_100),
+    ] {
+        let at = at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let (status, view) = app
+            .get(&format!(
+                "/v1/accounts/{ACME_IBAN}/balance?as_of={}",
+                at.replace('+', "%2B")
+            ))
+            .await;
+        assert_eq!(status, 200, "{view}");
+        assert_eq!(view["events"], events, "{view}");
+        assert_eq!(view["balance_cents"], balance, "{view}");
+    }
+    let (_, audit) = app.get(&format!("/v1/accounts/{ACME_IBAN}/audit")).await;
+    assert_eq!(audit["consistent"], true, "{audit}");
+    assert_eq!(audit["chain_valid"], true, "{audit}");
 }
