@@ -79,7 +79,10 @@ pub async fn rebuild(
         .execute(&mut connection)
         .await?;
     let schema = format!("rebuild_{}", uuid::Uuid::new_v4().simple());
-    let result = run(pool, &mut connection, &schema, &selected, &mut progress, started).await;
+    let result = match home_schema(&mut connection).await {
+        Ok(home) => run(pool, &mut connection, &schema, &home, &selected, &mut progress, started).await,
+        Err(error) => Err(error.into()),
+    };
     // The load transactions are over, one way or the other; so are those
     // of any rebuild that crashed before it (one rebuild at a time).
     let _ = sqlx::query("DELETE FROM horizon_exemptions WHERE reason = $1")
@@ -104,11 +107,24 @@ pub async fn rebuild(
 /// request, so the requests' statement timeout does not bound it; the
 /// shadow schema comes first. These connections are closed after the
 /// rebuild, so none of it reaches the pool.
-fn session_settings(schema: &str) -> String {
+fn session_settings(schema: &str, home: &str) -> String {
     format!(
         "SET work_mem = '64MB'; SET maintenance_work_mem = '256MB'; SET statement_timeout = 0; \
-         SET search_path = {schema}, public"
+         SET search_path = {schema}, {home}"
     )
+}
+
+/// The schema the ledger's tables live in, as the connection's search path
+/// finds `events` (`public` by default; a schema named after the role in
+/// PostgreSQL's secure-schema pattern), quoted. Nothing hard-codes
+/// `public`.
+async fn home_schema(connection: &mut PgConnection) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT quote_ident(n.nspname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.oid = 'events'::regclass",
+    )
+    .fetch_one(connection)
+    .await
 }
 
 /// Opens a transaction on each helper connection and registers its id in
@@ -194,17 +210,18 @@ async fn run(
     pool: &PgPool,
     connection: &mut PgConnection,
     schema: &str,
+    home: &str,
     selected: &[&'static Projection],
     progress: &mut impl FnMut(RebuildProgress),
     started: Instant,
 ) -> Result<RebuildReport, RebuildError> {
-    sqlx::raw_sql(&format!("CREATE SCHEMA {schema}; {}", session_settings(schema)))
+    sqlx::raw_sql(&format!("CREATE SCHEMA {schema}; {}", session_settings(schema, home)))
         .execute(&mut *connection)
         .await?;
     for projection in selected {
         sqlx::raw_sql(projection.definition).execute(&mut *connection).await?;
     }
-    let events_total: i64 = sqlx::query_scalar("SELECT count(*) FROM public.events")
+    let events_total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&mut *connection)
         .await?;
     let mut done = RebuildProgress {
@@ -225,14 +242,16 @@ async fn run(
     };
     let tables: Vec<&'static str> = selected.iter().flat_map(|p| p.tables.iter().copied()).collect();
     let indexes = drop_indexes(&mut *connection, schema, &tables).await?;
-    let horizon: String = sqlx::query_scalar("SELECT public.events_horizon()::text")
+    let horizon: String = sqlx::query_scalar("SELECT events_horizon()::text")
         .fetch_one(&mut *connection)
         .await?;
     let partitions = load_parallelism();
     let mut helpers = Vec::with_capacity(partitions);
     for _ in 0..partitions {
         let mut helper = pool.acquire().await?.detach();
-        sqlx::raw_sql(&session_settings(schema)).execute(&mut helper).await?;
+        sqlx::raw_sql(&session_settings(schema, home))
+            .execute(&mut helper)
+            .await?;
         helpers.push(helper);
     }
     begin_exempt(&mut *connection, &mut helpers).await?;
@@ -319,12 +338,12 @@ async fn run(
     built?;
     phase("index");
     let (loaded, last): (i64, Option<(i64, i64)>) = {
-        let loaded: i64 = sqlx::query_scalar("SELECT count(*) FROM public.events WHERE tx_id < $1::text::xid8")
+        let loaded: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE tx_id < $1::text::xid8")
             .bind(&horizon)
             .fetch_one(&mut *connection)
             .await?;
         let last: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT tx_id::text::bigint, position FROM public.events WHERE tx_id < $1::text::xid8 \
+            "SELECT tx_id::text::bigint, position FROM events WHERE tx_id < $1::text::xid8 \
              ORDER BY tx_id DESC, position DESC LIMIT 1",
         )
         .bind(&horizon)
@@ -335,7 +354,7 @@ async fn run(
     done.events_done = loaded as u64;
     done.events_total = done.events_total.max(done.events_done);
     progress(done);
-    let apply_sql = batch_sql(schema, selected);
+    let apply_sql = batch_sql(Some(schema), selected);
 
     // 3. Catch up with what was appended meanwhile, in feed order, through
     //    the apply functions, holding no lock.
@@ -376,7 +395,7 @@ async fn run(
     sqlx::query("SELECT name FROM process_checkpoints WHERE name = 'posting' FOR UPDATE")
         .execute(&mut *tx)
         .await?;
-    sqlx::query("LOCK TABLE public.events IN EXCLUSIVE MODE")
+    sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
         .execute(&mut *tx)
         .await?;
     let mut events_during_swap = 0;
@@ -393,7 +412,7 @@ async fn run(
     for projection in selected {
         for table in projection.tables {
             sqlx::raw_sql(&format!(
-                "DROP TABLE public.{table}; ALTER TABLE {schema}.{table} SET SCHEMA public"
+                "DROP TABLE {home}.{table}; ALTER TABLE {schema}.{table} SET SCHEMA {home}"
             ))
             .execute(&mut *tx)
             .await?;
@@ -419,9 +438,7 @@ async fn run(
     }
     tx.commit().await?;
     phase("swap");
-    sqlx::query("SET search_path = public")
-        .execute(&mut *connection)
-        .await?;
+    sqlx::query("RESET search_path").execute(&mut *connection).await?;
     progress(done);
     Ok(RebuildReport {
         projections: selected.iter().map(|p| p.name).collect(),
@@ -433,18 +450,21 @@ async fn run(
 }
 
 /// One statement: take the next batch of events in feed order, hand it to
-/// every selected projection's apply function (in the shadow schema), and
-/// return how many events it held and where it ended.
-pub(crate) fn batch_sql(schema: &str, selected: &[&'static Projection]) -> String {
+/// every selected projection's apply function (in the shadow schema
+/// `functions`, else as the search path finds them: the live ones), and
+/// return how many events it held and where it ended. `events` is the one
+/// the search path finds (a rebuild's shadow schema has none).
+pub(crate) fn batch_sql(functions: Option<&str>, selected: &[&'static Projection]) -> String {
+    let prefix = functions.map(|schema| format!("{schema}.")).unwrap_or_default();
     let applies: Vec<String> = selected
         .iter()
-        .map(|p| format!("{schema}.projection_{}_apply((SELECT b FROM agg))", p.name))
+        .map(|p| format!("{prefix}projection_{}_apply((SELECT b FROM agg))", p.name))
         .collect();
     format!(
         "WITH batch AS ( \
-             SELECT e FROM public.events e \
+             SELECT e FROM events e \
              WHERE (e.tx_id, e.position) > ($1::text::xid8, $2) \
-               AND (NOT $4 OR e.tx_id < (SELECT public.events_horizon())) \
+               AND (NOT $4 OR e.tx_id < (SELECT events_horizon())) \
              ORDER BY e.tx_id, e.position LIMIT $3 \
          ), agg AS (SELECT array_agg(batch.e) AS b FROM batch), \
          last AS ( \

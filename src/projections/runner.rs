@@ -28,7 +28,7 @@ pub async fn catch_up(pool: &PgPool) -> Result<u64, sqlx::Error> {
 }
 
 async fn catch_up_one(pool: &PgPool, projection: &'static Projection) -> Result<u64, sqlx::Error> {
-    let sql = batch_sql("public", &[projection]);
+    let sql = batch_sql(None, &[projection]);
     let mut applied = 0;
     loop {
         let mut tx = pool.begin().await?;

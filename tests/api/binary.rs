@@ -235,3 +235,107 @@ async fn health_and_readiness() {
     let (status, _) = app.get("/readyz").await;
     assert_eq!(status, 200);
 }
+
+/// Schema-safe (issue #15, item 9): in a database where a schema named
+/// after the role exists (PostgreSQL's secure-schema pattern: `"$user"`
+/// comes first in the search path), the ledger's tables live there, and the
+/// asynchronous projections, the posting process, a rebuild and the audit
+/// all work; nothing assumes `public`.
+#[tokio::test]
+async fn a_database_with_a_schema_named_after_the_role_works_end_to_end() {
+    use sqlx::Connection;
+    let db = TestDb::empty().await;
+    let mut admin = sqlx::PgConnection::connect_with(&db.options).await.unwrap();
+    let role: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!("CREATE SCHEMA \"{role}\" AUTHORIZATION \"{role}\""))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = db.url();
+    let binary = Binary::serve(&[("DATABASE_URL", &url), ("LEDGER_IBAN_CHECK", "structure")]);
+    let home: String = sqlx::query_scalar(
+        "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relname = 'events' AND c.relkind IN ('r', 'p')",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(home, role, "the tables live in the role's schema");
+    let client = binary.client.clone();
+    open_acme(&client, &binary.base, 1_000_000).await;
+    let payee = json!({"organization_name": "Globex GmbH", "iban": "DE89370400440532013000", "bic": "COBADEFFXXX"});
+    let (status, body) = into_parts(
+        client
+            .post(format!("{}/v1/accounts", binary.base))
+            .json(&payee)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let on_us = json!({"amount": "10.00", "currency": "EUR", "counterparty_name": "Globex GmbH",
+        "counterparty_bic": "COBADEFFXXX", "counterparty_iban": "DE89370400440532013000"});
+    let mut last = 0;
+    for _ in 0..3 {
+        let (status, body) = into_parts(
+            client
+                .post(format!("{}/v1/transfer/bulk", binary.base))
+                .json(&bulk(vec![transfer("1.00"), on_us.clone()]))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        last = body["position"].as_i64().unwrap();
+    }
+    // The posting process credits the payee...
+    let (status, payee) = into_parts(
+        client
+            .get(format!(
+                "{}/v1/accounts/DE89370400440532013000?min_position={last}",
+                binary.base
+            ))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{payee}");
+    assert_eq!(payee["balance_cents"], 3_000);
+    // ...and the asynchronous projection catches up with the log.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = run_ledger(&["projections", "status"], &[("DATABASE_URL", &url)]);
+        assert!(status.status.success(), "{status:?}");
+        let text = String::from_utf8_lossy(&status.stdout).into_owned();
+        let counterparties = text
+            .lines()
+            .find(|l| l.starts_with("counterparties"))
+            .unwrap_or_default();
+        if counterparties.split_whitespace().nth(4) == Some("0") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the runner never caught up: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let rebuilt = run_ledger(&["projections", "rebuild"], &[("DATABASE_URL", &url)]);
+    assert!(rebuilt.status.success(), "{rebuilt:?}");
+    let audit = run_ledger(&["audit"], &[("DATABASE_URL", &url)]);
+    assert!(audit.status.success(), "{audit:?}");
+    let stray: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' AND c.relkind = 'r'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(stray, 0, "nothing was put in public");
+}
