@@ -15,12 +15,25 @@ CREATE TABLE IF NOT EXISTS counterparties (
     counterparty_iban   text        NOT NULL,
     counterparty_name   text        NOT NULL,
     transfers           bigint      NOT NULL,
-    total_cents         bigint      NOT NULL,
+    -- numeric, not bigint: a sum of many transfers to one payee can pass
+    -- what a bigint holds, and an overflow would stall the runner for good.
+    total_cents         numeric     NOT NULL,
     currency            text        NOT NULL,
     last_position       bigint      NOT NULL,
     last_paid_at        timestamptz NOT NULL,
     PRIMARY KEY (account_id, counterparty_iban)
 );
+
+-- Tables made before total_cents was numeric get it here (only then: the
+-- ALTER takes the table's lock).
+DO $$
+BEGIN
+    IF (SELECT atttypid FROM pg_attribute
+        WHERE attrelid = 'counterparties'::regclass AND attname = 'total_cents') = 'bigint'::regtype THEN
+        ALTER TABLE counterparties ALTER COLUMN total_cents TYPE numeric;
+    END IF;
+END;
+$$;
 
 -- PL/pgSQL: planned once per session, not at every call.
 CREATE OR REPLACE FUNCTION projection_counterparties_apply(batch events[]) RETURNS bigint

@@ -191,3 +191,55 @@ async fn a_streams_recorded_times_never_go_backwards() {
     assert_eq!(audit["consistent"], true, "{audit}");
     assert_eq!(audit["chain_valid"], true, "{audit}");
 }
+
+/// A counterparty's total can pass what a bigint holds without stalling
+/// the asynchronous projection (issue #15, item 8): the apply function
+/// sums exactly.
+#[tokio::test]
+async fn counterparty_totals_cannot_overflow() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let near_max = i64::MAX - 1;
+    for position in 1..=3 {
+        let event = json!({
+            "position": position, "stream_id": uuid::Uuid::now_v7(), "version": position,
+            "event_type": "BulkTransferBooked", "schema_version": 1, "metadata": {},
+            "recorded_at": chrono::Utc::now(), "hash": "\\x00",
+            "data": {"transfers": [{"counterparty_iban": "GB82WEST12345698765432",
+                "counterparty_name": "Big Payee", "currency": "EUR", "amount_cents": near_max}]},
+        });
+        // One account's stream: the same payee row each time.
+        let event = {
+            let mut event = event;
+            event["stream_id"] = json!("0bac334c-e4f2-548a-8e58-2088dd4519f6");
+            event
+        };
+        sqlx::query("SELECT projection_counterparties_apply(ARRAY[jsonb_populate_record(NULL::events, $1)])")
+            .bind(&event)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let (transfers, total): (i64, String) = sqlx::query_as("SELECT transfers, total_cents::text FROM counterparties")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(transfers, 3);
+    assert_eq!(total, (3 * i128::from(near_max)).to_string());
+    // A table made before (bigint) is converted when the projections are
+    // installed, as every server start does.
+    sqlx::raw_sql("TRUNCATE counterparties; ALTER TABLE counterparties ALTER COLUMN total_cents TYPE bigint")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut connection = pool.acquire().await.unwrap();
+    ledger::projections::install(&mut connection).await.unwrap();
+    let kind: String = sqlx::query_scalar(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+         WHERE attrelid = 'counterparties'::regclass AND attname = 'total_cents'",
+    )
+    .fetch_one(&mut *connection)
+    .await
+    .unwrap();
+    assert_eq!(kind, "numeric");
+}
