@@ -656,3 +656,63 @@ async fn audits_while_deposits_land_are_all_consistent() {
         inconsistent[0]
     );
 }
+
+/// An orphaned prepared transaction in another database does not hold the
+/// feed's horizon back (issue #15, item 6): the feed, and everything that
+/// follows it, goes on. (One in this database does hold it: it may have
+/// appended.)
+#[tokio::test]
+async fn a_prepared_transaction_elsewhere_does_not_hold_the_feed() {
+    use sqlx::Connection;
+    let mut own = OwnCluster::start("prepared").await;
+    {
+        let mut admin = sqlx::PgConnection::connect_with(&own.cluster.connect_options("ledger"))
+            .await
+            .unwrap();
+        sqlx::query("ALTER SYSTEM SET max_prepared_transactions = 4")
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        sqlx::query("CREATE DATABASE other").execute(&mut admin).await.unwrap();
+    }
+    own.restart().await;
+    let mut other = sqlx::PgConnection::connect_with(&own.cluster.connect_options("other"))
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE t (x int); BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION 'orphan_of_a_crashed_coordinator'",
+    )
+    .execute(&mut other)
+    .await
+    .unwrap();
+    let server = Binary::serve(&[
+        ("DATABASE_URL", &own.cluster.url("ledger")),
+        ("LEDGER_IBAN_CHECK", "structure"),
+    ]);
+    open_acme(&server.client, &server.base, 10_000).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, page) = into_parts(
+            server
+                .client
+                .get(format!("{}/v1/events", server.base))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        if page["events"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the feed is held back by the other database's prepared transaction: {page}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    sqlx::query("ROLLBACK PREPARED 'orphan_of_a_crashed_coordinator'")
+        .execute(&mut other)
+        .await
+        .unwrap();
+}

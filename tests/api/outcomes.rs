@@ -52,17 +52,7 @@ async fn backend_waiting_on(admin: &mut PgConnection, database: &str, wait_event
 /// would have had a client without a key deposit twice.
 #[tokio::test]
 async fn a_connection_lost_during_commit_is_outcome_unknown_and_the_command_stands() {
-    let root = std::env::temp_dir().join(format!("ledger-syncrep-{}", uuid::Uuid::new_v4().simple()));
-    let own = OwnCluster {
-        cluster: {
-            let root = root.clone();
-            tokio::task::spawn_blocking(move || ledger::pg::Cluster::ensure(&root))
-                .await
-                .unwrap()
-                .unwrap()
-        },
-        root,
-    };
+    let own = OwnCluster::start("syncrep").await;
     let cluster = &own.cluster;
     let server = Binary::serve(&[
         ("DATABASE_URL", &cluster.url("ledger")),
@@ -141,20 +131,6 @@ async fn a_connection_lost_during_commit_is_outcome_unknown_and_the_command_stan
 
     drop(server);
     admin.close().await.ok();
-}
-
-/// A test's own cluster, stopped and removed however the test ends (a
-/// failed assertion included: a leaked postmaster would outlive the run).
-struct OwnCluster {
-    cluster: ledger::pg::Cluster,
-    root: std::path::PathBuf,
-}
-
-impl Drop for OwnCluster {
-    fn drop(&mut self) {
-        let _ = self.cluster.stop();
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
 }
 
 /// No connection in time for a command (a pool of one, held by a query

@@ -455,3 +455,42 @@ pub async fn post_everything(pool: &PgPool) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// A test's own cluster (for settings a shared one cannot take), stopped
+/// and removed however the test ends: a failed assertion included, so no
+/// postmaster outlives the run.
+pub struct OwnCluster {
+    pub cluster: Cluster,
+    root: std::path::PathBuf,
+}
+
+impl OwnCluster {
+    pub async fn start(purpose: &str) -> OwnCluster {
+        let root = std::env::temp_dir().join(format!("ledger-{purpose}-{}", uuid::Uuid::new_v4().simple()));
+        let cluster = {
+            let root = root.clone();
+            tokio::task::spawn_blocking(move || Cluster::ensure(&root))
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        OwnCluster { cluster, root }
+    }
+
+    /// Stops and starts the server again (for settings that need a restart).
+    pub async fn restart(&mut self) {
+        self.cluster.stop().unwrap();
+        let root = self.root.clone();
+        self.cluster = tokio::task::spawn_blocking(move || Cluster::ensure(&root))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = self.cluster.stop();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
