@@ -206,6 +206,63 @@ async fn drop_indexes<'t>(
     Ok(per_table)
 }
 
+/// The statements that give a shadow table what its live twin has beyond
+/// the projection's definition: its indexes that the definition does not
+/// make (a DBA's, by name), its owner and its grants. A rebuild by another
+/// role (a superuser) thus leaves the tables owned, granted and indexed as
+/// before: the server's role still writes them, a reporting role still
+/// reads them. Changing the owner needs the rebuilding role to be a member
+/// of it (or a superuser); PostgreSQL refuses otherwise, with its reason,
+/// and the rebuild fails before the swap, the live tables untouched.
+async fn carried_over(
+    connection: &mut PgConnection,
+    schema: &str,
+    home: &str,
+    table: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let live = format!("{home}.{table}");
+    let shadow = format!("{schema}.{table}");
+    let mut statements = Vec::new();
+    let extra: Vec<String> = sqlx::query_scalar(
+        "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+         WHERE i.indrelid = $1::regclass \
+           AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) \
+           AND c.relname NOT IN (SELECT s.relname FROM pg_index j JOIN pg_class s ON s.oid = j.indexrelid \
+                                 WHERE j.indrelid = $2::regclass) \
+           AND c.relname NOT IN (SELECT k.conname FROM pg_constraint k WHERE k.conrelid = $2::regclass) \
+         ORDER BY c.relname",
+    )
+    .bind(&live)
+    .bind(&shadow)
+    .fetch_all(&mut *connection)
+    .await?;
+    for definition in extra {
+        // `CREATE INDEX name ON <home>.<table> USING …`, onto the shadow.
+        statements.push(definition.replacen(&format!(" ON {live} "), &format!(" ON {shadow} "), 1));
+    }
+    let owner: String =
+        sqlx::query_scalar("SELECT quote_ident(relowner::regrole::text) FROM pg_class WHERE oid = $1::regclass")
+            .bind(&live)
+            .fetch_one(&mut *connection)
+            .await?;
+    statements.push(format!("ALTER TABLE {shadow} OWNER TO {owner}"));
+    let grants: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(a.grantee::regrole::text) END, \
+                a.privilege_type, a.is_grantable \
+         FROM pg_class c, aclexplode(c.relacl) AS a WHERE c.oid = $1::regclass ORDER BY 1, 2",
+    )
+    .bind(&live)
+    .fetch_all(&mut *connection)
+    .await?;
+    for (grantee, privilege, grantable) in grants {
+        statements.push(format!(
+            "GRANT {privilege} ON {shadow} TO {grantee}{}",
+            if grantable { " WITH GRANT OPTION" } else { "" }
+        ));
+    }
+    Ok(statements)
+}
+
 async fn run(
     pool: &PgPool,
     connection: &mut PgConnection,
@@ -241,7 +298,18 @@ async fn run(
         phase_started = Instant::now();
     };
     let tables: Vec<&'static str> = selected.iter().flat_map(|p| p.tables.iter().copied()).collect();
-    let indexes = drop_indexes(&mut *connection, schema, &tables).await?;
+    // What is attached to the live tables beyond their definition (an
+    // index a DBA added, the owner, the grants) goes onto the shadow tables
+    // with their indexes, so the swap keeps it (read while the shadow
+    // tables still have their definition's indexes, to tell them apart).
+    let mut carried = Vec::with_capacity(tables.len());
+    for table in &tables {
+        carried.push(carried_over(&mut *connection, schema, home, table).await?);
+    }
+    let mut indexes = drop_indexes(&mut *connection, schema, &tables).await?;
+    for ((_, statements), extra) in indexes.iter_mut().zip(carried) {
+        statements.extend(extra);
+    }
     let horizon: String = sqlx::query_scalar("SELECT events_horizon()::text")
         .fetch_one(&mut *connection)
         .await?;
@@ -438,6 +506,14 @@ async fn run(
     }
     tx.commit().await?;
     phase("swap");
+    // Full statistics, now the tables are live (the indexed columns had
+    // theirs before the swap); ANALYZE does not hold writers back.
+    for table in &tables {
+        sqlx::raw_sql(&format!("ANALYZE {home}.{table}"))
+            .execute(&mut *connection)
+            .await?;
+    }
+    phase("analyze");
     sqlx::query("RESET search_path").execute(&mut *connection).await?;
     progress(done);
     Ok(RebuildReport {

@@ -716,3 +716,118 @@ async fn a_prepared_transaction_elsewhere_does_not_hold_the_feed() {
         .await
         .unwrap();
 }
+
+/// A rebuild keeps what is attached to the live tables (issue #15, item
+/// 2): run by another role (a superuser) than the server's, it leaves the
+/// tables owned by the server's role (which still writes them), a
+/// reporting role's grant, and an index a DBA added; then it ANALYZEs.
+#[tokio::test]
+async fn a_rebuild_by_another_role_keeps_owner_grants_and_a_dbas_index() {
+    use sqlx::Connection;
+    let db = TestDb::empty().await;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (app_role, reporting) = (
+        format!("ledger_app_{}", &suffix[..12]),
+        format!("reporting_{}", &suffix[..12]),
+    );
+    let mut admin = sqlx::PgConnection::connect_with(&db.options).await.unwrap();
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE {app_role} LOGIN; CREATE ROLE {reporting} NOLOGIN; \
+         GRANT CREATE ON SCHEMA public TO {app_role}"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let superuser = db.options.get_username().to_owned();
+    let admin_url = db.url();
+    let app_url = admin_url.replacen(&format!("//{superuser}@"), &format!("//{app_role}@"), 1);
+    assert_ne!(app_url, admin_url);
+    // The server's role migrates and owns everything; a reporting role may
+    // read the balances; a DBA indexes the history by description.
+    let server = Binary::serve(&[("DATABASE_URL", &app_url), ("LEDGER_IBAN_CHECK", "structure")]);
+    open_acme(&server.client, &server.base, 100_000).await;
+    let (status, body) = into_parts(
+        server
+            .client
+            .post(format!("{}/v1/transfer/bulk", server.base))
+            .json(&bulk(vec![transfer("10.00"), transfer("5.00")]))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    sqlx::raw_sql(&format!(
+        "GRANT SELECT ON balances TO {reporting}; \
+         CREATE INDEX transactions_by_description ON transactions (description)"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let pool = db.pool().await;
+    ledger::projections::runner::catch_up(&pool).await.unwrap();
+    let before = projection_rows(&pool).await;
+
+    let rebuilt = run_ledger(&["projections", "rebuild"], &[("DATABASE_URL", &admin_url)]);
+    assert!(rebuilt.status.success(), "{rebuilt:?}");
+    assert!(
+        String::from_utf8_lossy(&rebuilt.stdout).contains("analyze"),
+        "{rebuilt:?}"
+    );
+
+    for table in ["balances", "transactions", "counterparties"] {
+        let owner: String = sqlx::query_scalar("SELECT relowner::regrole::text FROM pg_class WHERE oid = $1::regclass")
+            .bind(table)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        assert_eq!(owner, app_role, "{table} keeps its owner");
+    }
+    let granted: bool = sqlx::query_scalar("SELECT has_table_privilege($1, 'balances', 'SELECT')")
+        .bind(&reporting)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(granted, "the reporting role's grant survives the swap");
+    let index: Option<String> = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE tablename = 'transactions' AND indexname = 'transactions_by_description'",
+    )
+    .fetch_optional(&mut admin)
+    .await
+    .unwrap();
+    assert!(
+        index.is_some_and(|d| d.contains("(description)")),
+        "the DBA's index survives"
+    );
+    let analyzed: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'transactions'")
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert!(analyzed.is_some(), "statistics after the swap");
+    assert_eq!(projection_rows(&pool).await, before);
+    // The server's role still writes the rebuilt tables.
+    let (status, body) = into_parts(
+        server
+            .client
+            .post(format!("{}/v1/transfer/bulk", server.base))
+            .json(&bulk(vec![transfer("1.00")]))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    drop(server);
+    pool.close().await;
+    admin.close().await.ok();
+    let mut cleanup = sqlx::PgConnection::connect_with(&db.options.clone().database("postgres"))
+        .await
+        .unwrap();
+    let _ = sqlx::raw_sql(&format!(
+        "DROP DATABASE {} WITH (FORCE); DROP ROLE {app_role}; DROP ROLE {reporting}",
+        db.name
+    ))
+    .execute(&mut cleanup)
+    .await;
+}

@@ -12,10 +12,11 @@ const REVIEWED: &[(&str, usize, &str)] = &[
     ("pg/cluster.rs", 1, "the configured database name, through quote_ident"),
     (
         "projections/rebuild.rs",
-        9,
-        "a generated schema name (rebuild_<uuid>), registered projection and table names, and the \
-         shadow tables' own constraint, index and column names and definitions, read back from \
-         pg_catalog (made by our projection files), quoted",
+        10,
+        "a generated schema name (rebuild_<uuid>), the schema events lives in (quote_ident), \
+         registered projection and table names, and the shadow tables' own constraint, index and \
+         column names and definitions, the live tables' extra index definitions, owner and grants, \
+         read back from pg_catalog (pg_get_indexdef, quote_ident), quoted",
     ),
 ];
 
