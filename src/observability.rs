@@ -23,6 +23,7 @@ pub const PROJECTION_LAG: &str = "ledger_projection_lag_events";
 pub const POSTING_LAG: &str = "ledger_posting_lag_events";
 pub const DB_POOL_CONNECTIONS: &str = "ledger_db_pool_connections";
 pub const METRICS_REFRESHES: &str = "ledger_metrics_database_refreshes_total";
+pub const SHED: &str = "ledger_requests_shed_total";
 pub const BUILD_INFO: &str = "ledger_build_info";
 
 /// Latency buckets from 0.5 ms to 10 s.
@@ -89,6 +90,10 @@ fn describe() {
     describe_gauge!(PROJECTION_POSITION, "Last log position reflected in each projection");
     describe_gauge!(PROJECTION_LAG, "Committed events a projection has not applied yet");
     describe_counter!(
+        SHED,
+        "Requests and commands refused at a bound (in_flight, queue, subscriptions) with a 503, nothing done"
+    );
+    describe_counter!(
         METRICS_REFRESHES,
         "Times /metrics read the projection and posting lags from the database (at most once a second)"
     );
@@ -101,6 +106,12 @@ fn describe() {
         "Database pool connections by state (in_use, idle, max)"
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version label says which build runs");
+}
+
+/// A request or command refused at a bound (`in_flight`, `queue`,
+/// `subscriptions`) before anything was done.
+pub fn record_shed(bound: &'static str) {
+    metrics::counter!(SHED, "bound" => bound).increment(1);
 }
 
 pub fn record_http(method: &str, route: &str, status: u16, elapsed: Duration) {

@@ -76,6 +76,10 @@ pub struct GroupCommitSettings {
     /// Callers answered by the previous batch then make it into this one,
     /// instead of every other batch. A lone command never waits.
     pub batch_wait: Duration,
+    /// Most commands waiting in one lane's queue; past it, a command is
+    /// refused at once (503 `/problems/unavailable`, nothing done) instead
+    /// of queued: a flood cannot grow the queue without bound.
+    pub queued_commands_max: usize,
 }
 
 impl Default for GroupCommitSettings {
@@ -86,6 +90,7 @@ impl Default for GroupCommitSettings {
             batch_bytes_max: 4 << 20,
             lanes: 1,
             batch_wait: Duration::from_micros(500),
+            queued_commands_max: 10_000,
         }
     }
 }
@@ -210,14 +215,28 @@ impl GroupCommit {
         let task = tokio::spawn(async move {
             let index = this.lane_index(&iban);
             let (reply, mut outcome) = oneshot::channel();
-            this.lanes[index].queue.lock().expect("queue lock").push(Pending {
-                ctx,
-                idempotency,
-                iban,
-                command,
-                render,
-                reply,
-            });
+            {
+                let mut queue = this.lanes[index].queue.lock().expect("queue lock");
+                if queue.len() >= this.settings.queued_commands_max {
+                    drop(queue);
+                    crate::observability::record_shed("queue");
+                    return Err(AppError::Client(crate::problem::Problem::new(
+                        crate::problem::ProblemType::Unavailable,
+                        format!(
+                            "{} commands are already waiting to be committed; nothing was done, retry shortly",
+                            this.settings.queued_commands_max
+                        ),
+                    )));
+                }
+                queue.push(Pending {
+                    ctx,
+                    idempotency,
+                    iban,
+                    command,
+                    render,
+                    reply,
+                });
+            }
             loop {
                 let commit = Arc::clone(&this.lanes[index].commit);
                 tokio::select! {

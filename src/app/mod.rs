@@ -59,6 +59,12 @@ pub struct Limits {
     /// Longest a request may take before it is answered 503 (a command's
     /// outcome is then unknown to the client: retry it with its key).
     pub request_timeout: std::time::Duration,
+    /// Most API requests (HTTP and gRPC together) in flight at once; past
+    /// it, a prompt 503 `/problems/unavailable` with `Retry-After`, nothing
+    /// done (load shedding: memory stays bounded under a flood).
+    pub in_flight_max: usize,
+    /// Most open event subscriptions (gRPC `SubscribeEvents`).
+    pub subscriptions_max: usize,
 }
 
 impl Default for Limits {
@@ -69,6 +75,8 @@ impl Default for Limits {
             page_size_default: 50,
             page_size_max: 1_000,
             request_timeout: std::time::Duration::from_secs(30),
+            in_flight_max: 1_024,
+            subscriptions_max: 256,
         }
     }
 }
@@ -122,7 +130,14 @@ pub struct Ledger {
     posting_wake: Arc<tokio::sync::Notify>,
     /// When `/metrics` last read the lags from the database.
     metrics_refreshed: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Requests in flight (`Limits::in_flight_max`), subscriptions open.
+    in_flight: Arc<tokio::sync::Semaphore>,
+    subscriptions: Arc<tokio::sync::Semaphore>,
 }
+
+/// A place among the requests in flight (or the open subscriptions), held
+/// until the answer is sent.
+pub type Admission = tokio::sync::OwnedSemaphorePermit;
 
 /// Account ids are derived from the IBAN (UUID v5), so the event store's
 /// unique (stream, version) constraint alone makes an IBAN open only once.
@@ -136,6 +151,8 @@ impl Ledger {
     pub fn new(pool: PgPool, settings: Settings) -> Ledger {
         let group_commit = Arc::new(GroupCommit::new(pool.clone(), settings.group_commit.clone()));
         let authenticator = Authenticator::new(pool.clone(), settings.auth);
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(settings.limits.in_flight_max.max(1)));
+        let subscriptions = Arc::new(tokio::sync::Semaphore::new(settings.limits.subscriptions_max.max(1)));
         Ledger {
             pool,
             settings,
@@ -143,7 +160,39 @@ impl Ledger {
             authenticator,
             posting_wake: Arc::new(tokio::sync::Notify::new()),
             metrics_refreshed: std::sync::Mutex::new(None),
+            in_flight,
+            subscriptions,
         }
+    }
+
+    /// Admits one more request, or sheds it: past `in_flight_max` requests
+    /// in flight the answer is a prompt 503 `/problems/unavailable` (with
+    /// `Retry-After`) and nothing is done.
+    pub fn admit(&self) -> Result<Admission, Problem> {
+        Arc::clone(&self.in_flight).try_acquire_owned().map_err(|_| {
+            crate::observability::record_shed("in_flight");
+            Problem::new(
+                crate::problem::ProblemType::Unavailable,
+                format!(
+                    "the server is at its limit of {} requests in flight; nothing was done, retry shortly",
+                    self.settings.limits.in_flight_max
+                ),
+            )
+        })
+    }
+
+    /// Admits one more open subscription, or refuses it like [`Ledger::admit`].
+    pub fn admit_subscription(&self) -> Result<Admission, Problem> {
+        Arc::clone(&self.subscriptions).try_acquire_owned().map_err(|_| {
+            crate::observability::record_shed("subscriptions");
+            Problem::new(
+                crate::problem::ProblemType::Unavailable,
+                format!(
+                    "the server is at its limit of {} open subscriptions; retry later",
+                    self.settings.limits.subscriptions_max
+                ),
+            )
+        })
     }
 
     /// Whether a `/metrics` scrape should read the lags from the database

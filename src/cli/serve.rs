@@ -63,6 +63,18 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "LEDGER_MIN_POSITION_WAIT_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     min_position_wait_ms: u64,
+    /// Most API requests (HTTP and gRPC together) in flight; past it, a 503 with Retry-After.
+    #[arg(long, env = "LEDGER_IN_FLIGHT_MAX", default_value_t = Limits::default().in_flight_max,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|n| n as usize))]
+    in_flight_max: usize,
+    /// Most open event subscriptions (gRPC SubscribeEvents); past it, UNAVAILABLE.
+    #[arg(long, env = "LEDGER_SUBSCRIPTIONS_MAX", default_value_t = Limits::default().subscriptions_max,
+          value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
+    subscriptions_max: usize,
+    /// Most commands waiting to be committed in one group-commit lane; past it, a 503 with Retry-After.
+    #[arg(long, env = "LEDGER_QUEUED_COMMANDS_MAX", default_value_t = GroupCommitSettings::default().queued_commands_max,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000).map(|n| n as usize))]
+    queued_commands_max: usize,
     /// Microseconds a batch leader on a contended account waits for more commands (0: never wait).
     #[arg(long, env = "LEDGER_BATCH_WAIT_US", default_value_t = GroupCommitSettings::default().batch_wait.as_micros() as u64,
           value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
@@ -93,6 +105,8 @@ pub(super) async fn run(pool: PgPool, base: Settings, args: ServeArgs, embedded:
         transfers_per_bulk_max: args.transfers_per_bulk_max,
         page_size_max: args.page_size_max,
         request_timeout: Duration::from_millis(args.request_timeout_ms),
+        in_flight_max: args.in_flight_max,
+        subscriptions_max: args.subscriptions_max,
         ..Limits::default()
     };
     anyhow::ensure!(limits.page_size_max >= 1, "--page-size-max must be at least 1");
@@ -105,6 +119,7 @@ pub(super) async fn run(pool: PgPool, base: Settings, args: ServeArgs, embedded:
             batch_bytes_max: args.batch_bytes_max,
             lanes: args.batch_lanes,
             batch_wait: Duration::from_micros(args.batch_wait_us),
+            queued_commands_max: args.queued_commands_max,
         },
         idempotency_ttl: Duration::from_secs(args.idempotency_ttl_hours * 3600),
         min_position_wait: Duration::from_millis(args.min_position_wait_ms),

@@ -1,5 +1,6 @@
-//! The tower layer that authenticates every call to the ledger service
-//! before its message is decoded.
+//! The tower layer that sheds calls past the bound of requests in flight
+//! and authenticates every call to the ledger service before its message
+//! is decoded.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -56,6 +57,15 @@ where
             };
             let method = METHODS.iter().find(|m| **m == method).copied().unwrap_or("unknown");
             let started = Instant::now();
+            // Shed past the bound of requests in flight (shared with HTTP).
+            let admission = match ledger.admit() {
+                Ok(admission) => admission,
+                Err(problem) => {
+                    let status = status_of_problem(&problem, false);
+                    crate::observability::record_grpc(method, status.code(), started.elapsed());
+                    return Ok(status.into_http());
+                }
+            };
             let authorization = request
                 .headers()
                 .get(axum::http::header::AUTHORIZATION)
@@ -78,7 +88,9 @@ where
             match authenticated {
                 Ok(principal) => {
                     request.extensions_mut().insert(principal);
-                    inner.call(request).await
+                    let response = inner.call(request).await;
+                    drop(admission);
+                    response
                 }
                 Err(status) => {
                     crate::observability::record_grpc(method, status.code(), started.elapsed());

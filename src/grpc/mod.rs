@@ -401,6 +401,11 @@ impl LedgerService for GrpcApi {
             let page_size = PageSize::new(Some(FEED_PAGE.min(limits.page_size_max)), limits)
                 .unwrap_or_else(|_| PageSize::max(limits));
             let after = parse_feed_cursor(Some(&message.after)).map_err(|error| invalid(vec![error]))?;
+            // Bounded like the requests in flight: past it, UNAVAILABLE.
+            let admission = self
+                .ledger
+                .admit_subscription()
+                .map_err(|problem| status_of_problem(&problem, false))?;
             // The first page is read before answering: a bad cursor or a
             // forbidden key is the call's status, not a broken stream.
             let first = self
@@ -415,6 +420,7 @@ impl LedgerService for GrpcApi {
                 sender,
                 shutdown: self.shutdown.clone(),
                 page_size,
+                _admission: admission,
             };
             tokio::spawn(subscription.run(first).in_current_span());
             Ok(ReceiverStream::new(receiver))

@@ -21,6 +21,8 @@ pub(super) struct Subscription {
     pub(super) sender: mpsc::Sender<Result<pb::Event, Status>>,
     pub(super) shutdown: watch::Receiver<bool>,
     pub(super) page_size: PageSize,
+    /// Its place among the open subscriptions, given back when it ends.
+    pub(super) _admission: crate::app::Admission,
 }
 
 impl Subscription {

@@ -69,6 +69,8 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
     let (api, _) = api_routes()
         // Runs for matched routes only: an unknown path is a 404 to anyone.
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&ledger), authenticate))
+        // Outermost: a request past the bound is shed before anything else.
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&ledger), shed))
         .split_for_parts();
     let (operations, _) = operations::routes().split_for_parts();
     Router::new()
@@ -131,6 +133,23 @@ async fn drop_unusable_request_id(mut request: axum::extract::Request) -> axum::
         request.headers_mut().remove(REQUEST_ID);
     }
     request
+}
+
+/// Sheds an API request past `Limits::in_flight_max` requests in flight
+/// (HTTP and gRPC together): a prompt 503 with `Retry-After`, nothing done.
+async fn shed(
+    State(ledger): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match ledger.admit() {
+        Ok(admission) => {
+            let response = next.run(request).await;
+            drop(admission);
+            response
+        }
+        Err(problem) => errors::problem_response(&problem),
+    }
 }
 
 /// Authenticates the caller of an API route: a 401 problem without a valid

@@ -989,3 +989,42 @@ async fn grpc_reads_its_writes_and_the_trial_balance() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
 }
+
+/// Open subscriptions are bounded (issue #15, item 7): past
+/// `LEDGER_SUBSCRIPTIONS_MAX`, `UNAVAILABLE`; when one ends, its place is
+/// free again.
+#[tokio::test]
+async fn open_subscriptions_are_bounded() {
+    let db = TestDb::new().await;
+    let server = Binary::serve(&[
+        ("DATABASE_URL", &db.url()),
+        ("LEDGER_IBAN_CHECK", "structure"),
+        ("LEDGER_SUBSCRIPTIONS_MAX", "1"),
+    ]);
+    let key = server.key.clone().unwrap();
+    let mut client = connect(&server).await;
+    let first = client
+        .subscribe_events(with_key(pb::SubscribeEventsRequest { after: "0".into() }, &key))
+        .await
+        .unwrap()
+        .into_inner();
+    let refused = client
+        .subscribe_events(with_key(pb::SubscribeEventsRequest { after: "0".into() }, &key))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match client
+            .subscribe_events(with_key(pb::SubscribeEventsRequest { after: "0".into() }, &key))
+            .await
+        {
+            Ok(_) => break,
+            Err(status) if status.code() == Code::Unavailable && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("the ended subscription's place is free again: {status:?}"),
+        }
+    }
+}

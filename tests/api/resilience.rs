@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::*;
 
@@ -397,4 +397,89 @@ async fn a_database_outage_is_a_fast_503_and_the_service_recovers_without_a_rest
     drop(server);
     let _ = cluster.stop();
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Load shedding (issue #15, item 7): past the bound of requests in flight
+/// (and of commands queued), a flood is answered promptly with 503
+/// `/problems/unavailable` and `Retry-After`, and a shed request did
+/// nothing: every 201 is booked once, no 503 booked anything, and each
+/// shed deposit retried with its key books exactly once.
+#[tokio::test]
+async fn a_flood_past_the_bounds_is_shed_and_nothing_is_lost() {
+    let db = TestDb::new().await;
+    let server = Binary::serve(&[
+        ("DATABASE_URL", &db.url()),
+        ("LEDGER_IBAN_CHECK", "structure"),
+        ("LEDGER_IN_FLIGHT_MAX", "8"),
+        ("LEDGER_QUEUED_COMMANDS_MAX", "4"),
+    ]);
+    open_acme(&server.client, &server.base, 0).await;
+    const FLOOD: usize = 300;
+    let sends = (0..FLOOD).map(|i| {
+        let (client, base) = (server.client.clone(), server.base.clone());
+        async move {
+            let response = client
+                .post(format!("{base}/v1/accounts/{ACME_IBAN}/deposits"))
+                .header("idempotency-key", format!("flood-{i}"))
+                .json(&json!({"amount": "1.00"}))
+                .send()
+                .await
+                .unwrap();
+            let retry_after = response.headers().get("retry-after").is_some();
+            let (status, body) = into_parts(response).await;
+            (i, status, retry_after, body)
+        }
+    });
+    let answers = futures::future::join_all(sends).await;
+    let mut shed = Vec::new();
+    let mut booked = 0;
+    for (i, status, retry_after, body) in answers {
+        match status {
+            201 => booked += 1,
+            503 => {
+                assert_eq!(body["type"], "/problems/unavailable", "{body}");
+                assert!(retry_after, "a shed request says when to retry");
+                shed.push(i);
+            }
+            other => panic!("a flooded server answers 201 or 503, not {other}: {body}"),
+        }
+    }
+    assert!(!shed.is_empty(), "{FLOOD} requests at once past a bound of 8 shed some");
+    let pool = db.pool().await;
+    let deposits = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE event_type = 'FundsDeposited'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(deposits().await, booked, "every 201 booked, no 503 booked anything");
+    for i in shed {
+        let response = server
+            .client
+            .post(format!("{}/v1/accounts/{ACME_IBAN}/deposits", server.base))
+            .header("idempotency-key", format!("flood-{i}"))
+            .json(&json!({"amount": "1.00"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201, "a retry on a calm server books");
+    }
+    assert_eq!(deposits().await, FLOOD as i64);
+    let (_, account) = into_parts(
+        server
+            .client
+            .get(format!("{}/v1/accounts/{ACME_IBAN}", server.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(account["balance_cents"], FLOOD as i64 * 100);
+    let metrics = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("ledger_requests_shed_total"), "shedding is counted");
 }
