@@ -202,6 +202,9 @@ async fn post_page(pool: &PgPool) -> Result<Option<Page>, AppError> {
         return Ok(Some(Page::default()));
     }
     let mut tx = pool.begin().await?;
+    // A page is not a request: the requests' statement timeout must not
+    // cancel it for ever (its size is bounded: events and bytes).
+    sqlx::query("SET LOCAL statement_timeout = 0").execute(&mut *tx).await?;
     let checkpoint: Option<(i64, i64)> = sqlx::query_as(
         "SELECT checkpoint_tx, checkpoint_position FROM process_checkpoints WHERE name = $1 FOR UPDATE SKIP LOCKED",
     )

@@ -66,26 +66,51 @@ impl FeedEvent {
     }
 }
 
+/// The page's last event, `upto`: the first `$3` events after the cursor
+/// (`$1`, `$2`) below the horizon, cut where their stored payload passes
+/// `$4` bytes (at least one event). The sizes come from the rows without
+/// decompressing or fetching their payloads.
+macro_rules! page_bound {
+    () => {
+        "WITH sized AS ( \
+             SELECT s.tx_id, s.position, \
+                    sum(pg_column_size(s.data) + pg_column_size(s.metadata)) OVER (ORDER BY s.tx_id, s.position) AS bytes \
+             FROM (SELECT tx_id, position, data, metadata FROM events \
+                   WHERE (tx_id, position) > ($1::text::xid8, $2) AND tx_id < (SELECT events_horizon()) \
+                   ORDER BY tx_id, position LIMIT $3) AS s \
+         ), upto AS ( \
+             SELECT tx_id, position FROM sized WHERE bytes <= $4 OR bytes = (SELECT min(bytes) FROM sized) \
+             ORDER BY tx_id DESC, position DESC LIMIT 1 \
+         ) "
+    };
+}
+
+/// Stored (compressed) payload bytes in one page of the feed, at most (a
+/// page holds at least one event): pages of large bulks stay a few
+/// megabytes, whatever `limit` asks.
+pub const PAGE_BYTES: i64 = 4 << 20;
+
 /// Up to `limit` events after `after`, in commit-safe order (see
-/// [`FeedCursor`]). Events of transactions still running, and of any
+/// [`FeedCursor`]), and at most [`PAGE_BYTES`] of stored payload (at least
+/// one event). Events of transactions still running, and of any
 /// transaction younger than the oldest one running, wait for a later call.
 pub async fn read_feed<'e, E: sqlx::PgExecutor<'e>>(
     executor: E,
     after: FeedCursor,
     limit: i64,
 ) -> Result<Vec<FeedEvent>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT position, stream_id, version, event_type, schema_version, data, metadata, recorded_at, hash, \
-                tx_id::text::bigint AS tx \
-         FROM events \
-         WHERE (tx_id, position) > ($1::text::xid8, $2) \
-           AND tx_id < (SELECT events_horizon()) \
-         ORDER BY tx_id, position \
-         LIMIT $3",
-    )
+    sqlx::query_as(concat!(
+        page_bound!(),
+        "SELECT e.position, e.stream_id, e.version, e.event_type, e.schema_version, e.data, e.metadata, \
+                e.recorded_at, e.hash, e.tx_id::text::bigint AS tx \
+         FROM events e, upto \
+         WHERE (e.tx_id, e.position) > ($1::text::xid8, $2) AND (e.tx_id, e.position) <= (upto.tx_id, upto.position) \
+         ORDER BY e.tx_id, e.position"
+    ))
     .bind(after.tx.to_string())
     .bind(after.position)
     .bind(limit)
+    .bind(PAGE_BYTES)
     .fetch_all(executor)
     .await
 }
@@ -119,18 +144,18 @@ pub async fn read_feed_for<'e, E: sqlx::PgExecutor<'e>>(
     limit: i64,
     event_type: &str,
 ) -> Result<Vec<FeedEntry>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT position, stream_id, tx_id::text::bigint AS tx, \
-                CASE WHEN event_type = $4 THEN data END AS data \
-         FROM events \
-         WHERE (tx_id, position) > ($1::text::xid8, $2) \
-           AND tx_id < (SELECT events_horizon()) \
-         ORDER BY tx_id, position \
-         LIMIT $3",
-    )
+    sqlx::query_as(concat!(
+        page_bound!(),
+        "SELECT e.position, e.stream_id, e.tx_id::text::bigint AS tx, \
+                CASE WHEN e.event_type = $5 THEN e.data END AS data \
+         FROM events e, upto \
+         WHERE (e.tx_id, e.position) > ($1::text::xid8, $2) AND (e.tx_id, e.position) <= (upto.tx_id, upto.position) \
+         ORDER BY e.tx_id, e.position"
+    ))
     .bind(after.tx.to_string())
     .bind(after.position)
     .bind(limit)
+    .bind(PAGE_BYTES)
     .bind(event_type)
     .fetch_all(executor)
     .await

@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::Event;
-pub use feed::{FeedCursor, FeedEntry, FeedEvent, read_feed, read_feed_for};
+pub use feed::{FeedCursor, FeedEntry, FeedEvent, PAGE_BYTES, read_feed, read_feed_for};
 use hash::{HashInput, event_hash};
 
 /// An event to append, with who asked for it.

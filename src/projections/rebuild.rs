@@ -25,6 +25,10 @@ use crate::event_store::FeedCursor;
 /// enough that one batch's rows fit comfortably in memory (measured flat
 /// between 20,000 and 50,000 with a 64 MB work_mem; slower at 5k and 100k).
 pub(crate) const BATCH_EVENTS: i64 = 50_000;
+/// Stored (compressed) payload bytes in one batch: the sizes are read from
+/// the rows without decompressing them. A bulk of 10,000 transfers stores
+/// well under 1 MB.
+pub(crate) const BATCH_BYTES: i64 = 8 << 20;
 /// Only one rebuild at a time.
 const REBUILD_LOCK: i64 = 0x6c65_6467_6572_0002;
 /// `horizon_exemptions.reason` of a rebuild's load transactions.
@@ -436,7 +440,9 @@ async fn run(
         done.events_done += applied;
         done.events_total = done.events_total.max(done.events_done);
         progress(done);
-        if applied < BATCH_EVENTS as u64 {
+        // A batch cut short by its byte bound is not the end: only an
+        // empty one is.
+        if applied == 0 {
             break;
         }
     }
@@ -471,7 +477,7 @@ async fn run(
         let (applied, next) = apply_batch(&mut *tx, &apply_sql, cursor, false).await?;
         cursor = next;
         events_during_swap += applied;
-        if applied < BATCH_EVENTS as u64 {
+        if applied == 0 {
             break;
         }
     }
@@ -525,7 +531,11 @@ async fn run(
     })
 }
 
-/// One statement: take the next batch of events in feed order, hand it to
+/// One statement: take the next batch of events in feed order (at most
+/// [`BATCH_EVENTS`] events and [`BATCH_BYTES`] of stored payload, at least
+/// one event: bulks of thousands of transfers make a few large events, and
+/// the batch's array must stay far below PostgreSQL's 1 GB value limit),
+/// hand it to
 /// every selected projection's apply function (in the shadow schema
 /// `functions`, else as the search path finds them: the live ones), and
 /// return how many events it held and where it ended. `events` is the one
@@ -537,11 +547,23 @@ pub(crate) fn batch_sql(functions: Option<&str>, selected: &[&'static Projection
         .map(|p| format!("{prefix}projection_{}_apply((SELECT b FROM agg))", p.name))
         .collect();
     format!(
-        "WITH batch AS ( \
-             SELECT e FROM events e \
+        "WITH sized AS ( \
+             SELECT s.tx_id, s.position, \
+                    sum(pg_column_size(s.data) + pg_column_size(s.metadata)) \
+                        OVER (ORDER BY s.tx_id, s.position) AS bytes \
+             FROM (SELECT e.tx_id, e.position, e.data, e.metadata FROM events e \
+                   WHERE (e.tx_id, e.position) > ($1::text::xid8, $2) \
+                     AND (NOT $4 OR e.tx_id < (SELECT events_horizon())) \
+                   ORDER BY e.tx_id, e.position LIMIT $3) AS s \
+         ), upto AS ( \
+             SELECT tx_id, position FROM sized \
+             WHERE bytes <= $5 OR bytes = (SELECT min(bytes) FROM sized) \
+             ORDER BY tx_id DESC, position DESC LIMIT 1 \
+         ), batch AS ( \
+             SELECT e FROM events e, upto \
              WHERE (e.tx_id, e.position) > ($1::text::xid8, $2) \
-               AND (NOT $4 OR e.tx_id < (SELECT events_horizon())) \
-             ORDER BY e.tx_id, e.position LIMIT $3 \
+               AND (e.tx_id, e.position) <= (upto.tx_id, upto.position) \
+             ORDER BY e.tx_id, e.position \
          ), agg AS (SELECT array_agg(batch.e) AS b FROM batch), \
          last AS ( \
              SELECT (batch.e).tx_id::text::bigint AS tx, (batch.e).position AS position \
@@ -565,6 +587,7 @@ pub(crate) async fn apply_batch<'e, E: sqlx::PgExecutor<'e>>(
             .bind(after.position)
             .bind(BATCH_EVENTS)
             .bind(below_horizon)
+            .bind(BATCH_BYTES)
             .fetch_one(executor)
             .await?;
     let next = match (tx, position) {

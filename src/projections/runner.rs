@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use super::rebuild::{BATCH_EVENTS, apply_batch, batch_sql};
+use super::rebuild::{apply_batch, batch_sql};
 use super::{Mode, PROJECTIONS, Projection};
 use crate::event_store::FeedCursor;
 
@@ -32,6 +32,10 @@ async fn catch_up_one(pool: &PgPool, projection: &'static Projection) -> Result<
     let mut applied = 0;
     loop {
         let mut tx = pool.begin().await?;
+        // A batch is not a request: the requests' statement timeout must
+        // not cancel it (a cancelled batch would be retried, and cancelled,
+        // for ever). Its size is bounded instead (events and bytes).
+        sqlx::query("SET LOCAL statement_timeout = 0").execute(&mut *tx).await?;
         // SKIP LOCKED: when another process holds the row, it is applying
         // this projection right now; nothing to do here.
         let checkpoint: Option<(i64, i64)> = sqlx::query_as(
@@ -61,7 +65,9 @@ async fn catch_up_one(pool: &PgPool, projection: &'static Projection) -> Result<
         }
         tx.commit().await?;
         applied += count;
-        if count < BATCH_EVENTS as u64 {
+        // A batch cut short by its byte bound is not the end: only an
+        // empty one is.
+        if count == 0 {
             return Ok(applied);
         }
     }

@@ -831,3 +831,104 @@ async fn a_rebuild_by_another_role_keeps_owner_grants_and_a_dbas_index() {
     .execute(&mut cleanup)
     .await;
 }
+
+/// The asynchronous runner cannot get stuck (issue #15, item 1): its
+/// batches are not bound by the requests' statement timeout, and are cut
+/// by their stored bytes, not only by their event count. Large bulks, then
+/// the runner on connections with a 20 ms statement timeout: it catches up
+/// (before, every attempt at the batch was cancelled, for ever).
+#[tokio::test]
+async fn the_runner_catches_up_on_large_bulks_under_a_tiny_statement_timeout() {
+    use ledger::app::requests::parse_bulk_transfer;
+    use ledger::domain::IbanCheck;
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let ledger = ledger::app::Ledger::new(pool.clone(), seed_settings());
+    let context = ledger::app::CommandContext {
+        principal: ledger::app::auth::Principal::operator(),
+        request_id: String::new(),
+        idempotency_key: None,
+    };
+    let open = ledger::app::requests::parse_open_account(
+        &serde_json::json!({"organization_name": ACME_NAME, "iban": ACME_IBAN, "bic": ACME_BIC}),
+        IbanCheck::Structure,
+    )
+    .unwrap();
+    ledger.open_account(&context, open).await.unwrap().result.unwrap();
+    let deposit = ledger::app::requests::parse_deposit(&serde_json::json!({"amount": "1000000.00"})).unwrap();
+    let iban = ledger::domain::Iban::parse(ACME_IBAN, IbanCheck::Structure).unwrap();
+    ledger.deposit(&context, &iban, deposit).await.unwrap().result.unwrap();
+    for round in 0..8 {
+        let transfers: Vec<Value> = (0..5_000)
+            .map(|i| {
+                let mut t = transfer("1.00");
+                t["counterparty_iban"] = Value::String(format!("EE38368098102124{:04}", (round * 5_000 + i) % 10_000));
+                t
+            })
+            .collect();
+        let request = parse_bulk_transfer(&bulk(transfers), IbanCheck::Structure, 10_000).unwrap();
+        ledger.transfer_bulk(&context, request).await.unwrap().result.unwrap();
+    }
+    let strict = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(db.options.clone().options([("statement_timeout", "20")]))
+        .await
+        .unwrap();
+    ledger::projections::runner::catch_up(&strict)
+        .await
+        .expect("the runner is not bound by the requests' statement timeout");
+    let status = ledger::projections::status(&pool).await.unwrap();
+    let counterparties = status.iter().find(|s| s.name == "counterparties").unwrap();
+    assert_eq!(counterparties.lag_events, 0, "{status:?}");
+    let payees: i64 = sqlx::query_scalar("SELECT count(*) FROM counterparties")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(payees, 10_000);
+}
+
+/// Feed pages are bounded by bytes as well as by events (issue #15, item
+/// 1): bulks of 10,000 transfers with incompressible descriptions make a
+/// few events of megabytes each; a page of `limit=1000` holds only as many
+/// as fit in `PAGE_BYTES` (at least one), and paging still delivers every
+/// event once, in order.
+#[tokio::test]
+async fn feed_pages_are_bounded_by_bytes() {
+    let app = TestApp::spawn().await;
+    app.acme_with(100_000_000).await;
+    for _ in 0..4 {
+        let transfers: Vec<Value> = (0..10_000)
+            .map(|_| {
+                let mut t = transfer("1.00");
+                let noise: String = (0..4).map(|_| uuid::Uuid::new_v4().simple().to_string()).collect();
+                t["description"] = Value::String(noise);
+                t
+            })
+            .collect();
+        let (status, body) = app.post("/v1/transfer/bulk", &bulk(transfers)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let largest: i32 = sqlx::query_scalar("SELECT max(pg_column_size(data)) FROM events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        i64::from(largest) * 3 > event_store::PAGE_BYTES,
+        "three bulks pass a page's bytes ({largest} bytes each)"
+    );
+    let (first, _) = page_all(&app, "0", 1000).await;
+    let (status, body) = app.get("/v1/events?limit=1000").await;
+    assert_eq!(status, 200, "{body}");
+    let page = body["events"].as_array().unwrap().len();
+    assert!(
+        page < 6,
+        "one page of limit=1000 stops at its bytes: {page} of 6 events"
+    );
+    assert!(page >= 1);
+    let positions: Vec<i64> = first.iter().map(|e| e["position"].as_i64().unwrap()).collect();
+    assert_eq!(
+        positions,
+        vec![1, 2, 3, 4, 5, 6],
+        "paging delivers every event once, in order"
+    );
+}
