@@ -167,6 +167,16 @@ impl Cluster {
         run(cmd, "pg_ctl stop").map(drop)
     }
 
+    /// Stops the server the way a crash does (`pg_ctl stop -m immediate`:
+    /// every process killed, no checkpoint); `ensure` starts it again and it
+    /// recovers from its WAL. For failure tests.
+    pub fn crash(&self) -> Result<(), PgError> {
+        let mut cmd = self.command("pg_ctl");
+        cmd.args(["stop", "-w", "-t", "60", "-s", "-m", "immediate", "-D"])
+            .arg(&self.data);
+        run(cmd, "pg_ctl stop -m immediate").map(drop)
+    }
+
     pub(super) fn new(root: PathBuf, bin_dir: PathBuf, user: ServerUser, temporary: bool) -> Cluster {
         let socket_dir = socket_dir_for(&root);
         Cluster {

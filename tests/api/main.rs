@@ -4,6 +4,7 @@
 mod audit;
 mod auth;
 mod binary;
+mod chaos;
 mod concurrency;
 mod containers;
 mod docs;

@@ -480,6 +480,17 @@ impl OwnCluster {
     /// Stops and starts the server again (for settings that need a restart).
     pub async fn restart(&mut self) {
         self.cluster.stop().unwrap();
+        self.start_again().await;
+    }
+
+    /// Crashes the server (`pg_ctl stop -m immediate`) and starts it again:
+    /// it recovers from its WAL.
+    pub async fn crash_and_recover(&mut self) {
+        self.cluster.crash().unwrap();
+        self.start_again().await;
+    }
+
+    async fn start_again(&mut self) {
         let root = self.root.clone();
         self.cluster = tokio::task::spawn_blocking(move || Cluster::ensure(&root))
             .await
