@@ -36,6 +36,9 @@
 //! |               | visible (a query with the 201's `min_position`)                      |
 //! | `pain001`     | the same payroll of 10,000 transfers as a pain.001.001.09 document and |
 //! |               | as a JSON bulk, alternately, one at a time; time per request of each   |
+//! | `soak`        | only when named: an open loop of 500 req/s on the 1,000 accounts for   |
+//! |               | `LEDGER_BENCH_SOAK_SECONDS` (600), one report row per minute: errors,  |
+//! |               | latency and the server's RSS over time                                 |
 //! | `seed-hot`    | baseline: the seed service's SQL, one transaction per transfer, one row, |
 //! |               | sqlx pool of 64                                                          |
 //! | `seed-spread` | the same on 1,000 rows                                                   |
@@ -113,6 +116,10 @@ const CEILING_ROWS: usize = 100;
 /// as send lag).
 const OPEN_RATE: u32 = 1_000;
 const OPEN_CONNECTIONS: usize = 128;
+/// The soak: its rate, its default length, and its report's window.
+const SOAK_RATE: u32 = 500;
+const SOAK_SECONDS: u64 = 600;
+const SOAK_WINDOW_SECONDS: u64 = 60;
 /// Longest wait for PostgreSQL to go quiet between scenarios.
 const SETTLE_LIMIT: Duration = Duration::from_secs(120);
 
@@ -199,7 +206,7 @@ async fn bench(config: &Config, postgres: &Postgres, scratch: &Path) -> anyhow::
     let mut notes = Vec::new();
 
     let ledger_selected: Vec<&LedgerScenario> = LEDGER_SCENARIOS.iter().filter(|s| config.runs(s.name)).collect();
-    if !ledger_selected.is_empty() || config.runs("payroll") || config.runs("pain001") {
+    if !ledger_selected.is_empty() || config.runs("payroll") || config.runs("pain001") || config.runs("soak") {
         run_ledger(config, postgres, scratch, &ledger_selected, &mut rows, &mut notes).await?;
     }
     // The baselines run after the ledger server has gone, so neither
@@ -391,6 +398,9 @@ async fn run_ledger(
             if ratio <= 1.5 { "met" } else { "not met" }
         ));
     }
+    if config.runs("soak") {
+        soak(config, postgres, &mut server, &spread, rows, notes).await?;
+    }
     server.stop();
 
     let log = std::fs::read_to_string(&server.log).unwrap_or_default();
@@ -404,6 +414,75 @@ async fn run_ledger(
             let _ = write!(note, "\n    {}", shorten(&strip_ansi(line), 160, 120));
         }
         notes.push(note);
+    }
+    Ok(())
+}
+
+/// The soak (issue #15, item 10): an open loop of [`SOAK_RATE`] requests/s
+/// (bulks of one transfer, each with its idempotency key) on the 1,000
+/// accounts for `LEDGER_BENCH_SOAK_SECONDS` (default 600), reported window
+/// by window (a minute each): throughput, errors, latency and the server's
+/// RSS over time. A leak or a slowdown shows as a trend down the rows.
+async fn soak(
+    config: &Config,
+    postgres: &Postgres,
+    server: &mut Server,
+    spread: &[Account],
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let total = match std::env::var("LEDGER_BENCH_SOAK_SECONDS") {
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(s) if (1..=86_400).contains(&s) => s,
+            _ => bail!("LEDGER_BENCH_SOAK_SECONDS must be whole seconds in [1, 86400], not {text:?}"),
+        },
+        Err(_) => SOAK_SECONDS,
+    };
+    let window = total.min(SOAK_WINDOW_SECONDS);
+    let windows = total.div_ceil(window);
+    settle(postgres, "soak", notes).await;
+    let bodies = Arc::new(spread.iter().map(|a| http::bulk_body(a, 1)).collect::<Vec<_>>());
+    eprintln!("load: soak: {total} s at {SOAK_RATE} requests/s, {windows} windows of {window} s");
+    for index in 0..windows {
+        let workers: Vec<AnyWorker> = (0..OPEN_CONNECTIONS)
+            .map(|i| {
+                let key_prefix = config
+                    .idempotency_keys
+                    .then(|| format!("bench-soak-{}-{index}-{i}", std::process::id()));
+                AnyWorker::Http(BulkWorker::new(
+                    server.address,
+                    bodies.clone(),
+                    Pick::Uniform,
+                    1,
+                    key_prefix,
+                    (index << 16) | i as u64,
+                ))
+            })
+            .collect();
+        let sampler = RssSampler::start(server.pid());
+        let cpu_before = cpu::Sample::take(Some(server.pid()), postgres.postmaster_pid());
+        let timing = Timing {
+            warmup: Duration::ZERO,
+            measure: Duration::from_secs(window),
+        };
+        let measured = driver::run(workers, Load::Open { per_second: SOAK_RATE }, timing).await;
+        let cpu = cpu::Sample::take(Some(server.pid()), postgres.postmaster_pid()).since(&cpu_before);
+        let rss_max_kib = sampler.finish().await;
+        if let Some(status) = server.exited() {
+            bail!(
+                "ledger serve exited during the soak ({status}); its log:\n{}",
+                server::log_tail(&server.log, 30)
+            );
+        }
+        rows.push(Row {
+            name: "soak",
+            label: format!("soak {}/{windows}, {} s at {SOAK_RATE}/s", index + 1, window),
+            connections: Some(OPEN_CONNECTIONS),
+            measured: Some(measured),
+            rss_max_kib,
+            hwm_kib: server::status_kib(server.pid(), "VmHWM"),
+            cpu: Some(cpu),
+        });
     }
     Ok(())
 }

@@ -84,6 +84,10 @@ pub(super) const LEDGER_SCENARIOS: [LedgerScenario; 6] = [
 /// Scenarios of their own shape (not a closed or open loop of one body).
 pub(super) const OTHERS: [&str; 2] = ["payroll", "pain001"];
 
+/// Run only when named in `LEDGER_BENCH_SCENARIOS` (it takes ten minutes):
+/// the soak, an open loop on the 1,000 accounts reported minute by minute.
+pub(super) const ON_REQUEST: [&str; 1] = ["soak"];
+
 pub(super) const BASELINES: [&str; 3] = ["seed-hot", "seed-spread", "insert-ceiling"];
 
 pub(super) struct Config {
@@ -106,6 +110,7 @@ impl Config {
             .map(|s| s.name)
             .chain(OTHERS)
             .chain(BASELINES)
+            .chain(ON_REQUEST)
             .collect();
         let selected: Vec<String> = match std::env::var("LEDGER_BENCH_SCENARIOS") {
             Ok(list) if !list.trim().is_empty() => {
@@ -122,7 +127,11 @@ impl Config {
                 }
                 names
             }
-            _ => known.iter().map(|n| (*n).to_owned()).collect(),
+            _ => known
+                .iter()
+                .filter(|n| !ON_REQUEST.contains(n))
+                .map(|n| (*n).to_owned())
+                .collect(),
         };
         let idempotency_keys = std::env::var("LEDGER_BENCH_IDEMPOTENCY_KEYS").map_or(true, |v| v.trim() != "0");
         Ok(Config {
