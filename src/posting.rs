@@ -8,8 +8,11 @@
 //! Exactly once, whatever crashes, restarts or concurrent servers:
 //! - the checkpoint moves in the transaction that appends the page's
 //!   events, so a page is either posted and passed, or neither;
-//! - the checkpoint row is taken `FOR UPDATE SKIP LOCKED`, so two servers
-//!   never post at the same time (the other one waits for its turn);
+//! - a page holds an advisory lock ([`PAGE_LOCK`], taken with
+//!   `pg_try_advisory_xact_lock`), so two servers never post at the same
+//!   time (the other one waits for its turn), and the transaction gets an
+//!   id only with its appends at the end: the feed's horizon does not wait
+//!   for the page's reads and decisions;
 //! - every append carries each stream's expected version: a payee that a
 //!   command changed meanwhile fails the transaction, and the page is read
 //!   and decided again;
@@ -33,6 +36,11 @@ use uuid::Uuid;
 use crate::app::{AppError, account_id_for, queries};
 use crate::domain::{self, Account, Posting};
 use crate::event_store::{self, AppendError, FeedCursor, NewEvent, StreamAppend, StreamHead};
+
+/// The advisory lock a posting page holds until it commits (a rebuild's
+/// swap takes it too, to wait for a page in progress). Any constant works,
+/// as long as every process uses the same one.
+pub const PAGE_LOCK: i64 = 0x6c65_6467_6572_0003;
 
 /// The checkpoint's name in `process_checkpoints`.
 const NAME: &str = "posting";
@@ -205,15 +213,23 @@ async fn post_page(pool: &PgPool) -> Result<Option<Page>, AppError> {
     // A page is not a request: the requests' statement timeout must not
     // cancel it for ever (its size is bounded: events and bytes).
     sqlx::query("SET LOCAL statement_timeout = 0").execute(&mut *tx).await?;
-    let checkpoint: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT checkpoint_tx, checkpoint_position FROM process_checkpoints WHERE name = $1 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(NAME)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((checkpoint_tx, checkpoint_position)) = checkpoint else {
+    // One page at a time across processes: an advisory lock, not the
+    // checkpoint row's lock, which would give the transaction an id for the
+    // whole page (and the feed's horizon would wait for it). The id comes
+    // with the page's first write, its appends at the end. Another
+    // process's page (or a rebuild's swap) holding it: nothing to do here.
+    let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(PAGE_LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !ours {
         return Ok(Some(Page::default()));
-    };
+    }
+    let (checkpoint_tx, checkpoint_position): (i64, i64) =
+        sqlx::query_as("SELECT checkpoint_tx, checkpoint_position FROM process_checkpoints WHERE name = $1")
+            .bind(NAME)
+            .fetch_one(&mut *tx)
+            .await?;
     let rows: Vec<PageRow> = sqlx::query_as(PAGE_SQL)
         .bind(checkpoint_tx.to_string())
         .bind(checkpoint_position)

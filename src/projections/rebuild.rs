@@ -464,9 +464,11 @@ async fn run(
         .execute(&mut *tx)
         .await?;
     // The posting process reads the read models and then appends, under
-    // its checkpoint row: waiting for that row first (same order) lets a
-    // posting page in flight finish instead of deadlocking with the swap.
-    sqlx::query("SELECT name FROM process_checkpoints WHERE name = 'posting' FOR UPDATE")
+    // its page lock: waiting for that lock first lets a posting page in
+    // flight finish instead of deadlocking with the swap (and no page
+    // starts until the swap is done).
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(crate::posting::PAGE_LOCK)
         .execute(&mut *tx)
         .await?;
     sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")

@@ -4,7 +4,10 @@
 //! Each batch is one transaction: lock the projection's status row (so two
 //! `ledger serve` processes never apply the same batch), apply the events
 //! after the checkpoint, move the checkpoint, commit. A crash between
-//! batches loses nothing and applies nothing twice.
+//! batches loses nothing and applies nothing twice. An idle runner asks
+//! first, without a transaction, and holds nothing; a batch's transaction
+//! is exempt from the feed's horizon (it cannot append events), so the
+//! feed never waits for a batch.
 
 use std::time::Duration;
 
@@ -12,7 +15,7 @@ use sqlx::PgPool;
 
 use super::rebuild::{apply_batch, batch_sql};
 use super::{Mode, PROJECTIONS, Projection};
-use crate::event_store::FeedCursor;
+use crate::event_store::{self, FeedCursor};
 
 /// How long the runner rests when every projection has caught up.
 pub const IDLE_WAIT: Duration = Duration::from_millis(100);
@@ -27,10 +30,24 @@ pub async fn catch_up(pool: &PgPool) -> Result<u64, sqlx::Error> {
     Ok(applied)
 }
 
+/// Why a runner batch's transaction is in `horizon_exemptions`.
+const EXEMPTION_REASON: &str = "projection runner batch";
+
 async fn catch_up_one(pool: &PgPool, projection: &'static Projection) -> Result<u64, sqlx::Error> {
     let sql = batch_sql(None, &[projection]);
     let mut applied = 0;
     loop {
+        // Anything to apply? Asked without a transaction (so without a
+        // transaction id): an idle runner takes no lock and holds nothing.
+        let (tx_id, position): (i64, i64) =
+            sqlx::query_as("SELECT checkpoint_tx, checkpoint_position FROM projection_status WHERE name = $1")
+                .bind(projection.name)
+                .fetch_one(pool)
+                .await?;
+        let peek = FeedCursor { tx: tx_id, position };
+        if event_store::read_feed_for(pool, peek, 1, "").await?.is_empty() {
+            return Ok(applied);
+        }
         let mut tx = pool.begin().await?;
         // A batch is not a request: the requests' statement timeout must
         // not cancel it (a cancelled batch would be retried, and cancelled,
@@ -47,6 +64,12 @@ async fn catch_up_one(pool: &PgPool, projection: &'static Projection) -> Result<
         let Some((checkpoint_tx, checkpoint_position)) = checkpoint else {
             return Ok(applied);
         };
+        // The row lock gave this transaction an id, held for the whole
+        // batch. It never appends events (the table refuses an exempt
+        // transaction's inserts): exempt it from the feed's horizon, so the
+        // feed, the posting process and the other projections do not wait
+        // for the batch.
+        let exempt = exempt(pool, &mut tx).await;
         let after = FeedCursor {
             tx: checkpoint_tx,
             position: checkpoint_position,
@@ -64,6 +87,18 @@ async fn catch_up_one(pool: &PgPool, projection: &'static Projection) -> Result<
             .await?;
         }
         tx.commit().await?;
+        if let Some(id) = exempt {
+            // Best effort: a row outliving its transaction is harmless
+            // (ids never repeat), and old ones go with the next batch.
+            let _ = sqlx::query(
+                "DELETE FROM horizon_exemptions WHERE tx_id = $1::xid8 \
+                    OR (reason = $2 AND created_at < now() - interval '1 hour')",
+            )
+            .bind(&id)
+            .bind(EXEMPTION_REASON)
+            .execute(pool)
+            .await;
+        }
         applied += count;
         // A batch cut short by its byte bound is not the end: only an
         // empty one is.
@@ -71,6 +106,24 @@ async fn catch_up_one(pool: &PgPool, projection: &'static Projection) -> Result<
             return Ok(applied);
         }
     }
+}
+
+/// Registers the transaction in `horizon_exemptions`, committed at once on
+/// another connection (an idle one: with none to spare, the batch runs
+/// unexempted and the feed waits for it, as it always may). Returns its id.
+async fn exempt(pool: &PgPool, tx: &mut sqlx::PgConnection) -> Option<String> {
+    let id: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+        .fetch_one(&mut *tx)
+        .await
+        .ok()?;
+    let mut other = pool.try_acquire()?;
+    sqlx::query("INSERT INTO horizon_exemptions (tx_id, reason) VALUES ($1::xid8, $2) ON CONFLICT DO NOTHING")
+        .bind(&id)
+        .bind(EXEMPTION_REASON)
+        .execute(&mut *other)
+        .await
+        .ok()?;
+    Some(id)
 }
 
 /// Runs forever: catch up, rest, repeat. Errors (the database restarting,

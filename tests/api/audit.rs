@@ -932,3 +932,84 @@ async fn feed_pages_are_bounded_by_bytes() {
         "paging delivers every event once, in order"
     );
 }
+
+/// A runner batch does not hold the feed back (issue #15, item 6): its
+/// transaction is exempt from the horizon. The runner's batch is blocked
+/// on a lock held here, and an append made meanwhile still reaches the
+/// feed at once (before, it waited for the batch to end).
+#[tokio::test]
+async fn a_runner_batch_in_progress_does_not_hold_the_feed() {
+    use sqlx::Connection;
+    let app = TestApp::spawn().await;
+    app.acme_with(10_000).await;
+    let mut blocker = sqlx::PgConnection::connect_with(&app.db.options).await.unwrap();
+    // SHARE: blocks the runner's writes, and (unlike ACCESS EXCLUSIVE, which is
+    // WAL-logged) gives this transaction no id of its own to hold the feed.
+    sqlx::raw_sql("BEGIN; LOCK TABLE counterparties IN SHARE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let (status, body) = app.post("/v1/transfer/bulk", &bulk(vec![transfer("1.00")])).await;
+    assert_eq!(status, 201, "{body}");
+    // The runner's batch is now inside its statement, waiting for the lock.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            // The batch statement (its text is cut at track_activity_query_size).
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock' \
+             AND strpos(query, 'SELECT c, t, p FROM (WITH sized') > 0",
+        )
+        .bind(&app.db.name)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            let activity: Vec<String> = sqlx::query_scalar(
+                "SELECT concat_ws(' | ', state, wait_event_type, wait_event, left(query, 160)) \
+                 FROM pg_stat_activity WHERE datname = $1",
+            )
+            .bind(&app.db.name)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+            panic!("the runner never started its batch: {activity:#?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, body) = app
+        .post(
+            &format!("/v1/accounts/{ACME_IBAN}/deposits"),
+            &json!({"amount": "1.00"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let deposit = body["position"].as_i64().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (events, _) = page_all(&app, "0", 100).await;
+        if events.iter().any(|e| e["position"] == deposit) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the feed waits for the runner's batch: {} events",
+            events.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    sqlx::raw_sql("ROLLBACK").execute(&mut blocker).await.unwrap();
+    // The batch then completes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while ledger::projections::status(&app.pool)
+        .await
+        .unwrap()
+        .iter()
+        .any(|s| s.name == "counterparties" && s.lag_events > 0)
+    {
+        assert!(std::time::Instant::now() < deadline, "the runner never finished");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -215,9 +215,10 @@ async fn the_trial_balance_sums_to_zero_in_flight_and_after() {
     assert_eq!(eur["settlement_cents"], -100_000);
     assert_eq!(eur["sum_cents"], 0);
 
-    // Hold the posting process back: it skips a checkpoint row it cannot lock.
+    // Hold the posting process back: it skips its turn while its page lock is taken.
     let mut hold = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM process_checkpoints WHERE name = 'posting' FOR UPDATE")
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(ledger::posting::PAGE_LOCK)
         .execute(&mut *hold)
         .await
         .unwrap();
@@ -540,7 +541,8 @@ async fn min_position_reads_the_credits_of_a_command_back() {
     }
 
     let mut hold = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM process_checkpoints WHERE name = 'posting' FOR UPDATE")
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(ledger::posting::PAGE_LOCK)
         .execute(&mut *hold)
         .await
         .unwrap();
@@ -606,9 +608,10 @@ async fn long_pages_are_cut_between_bulks_and_a_rewound_checkpoint_posts_nothing
     app.acme_with(10_000_000).await;
     open(&app, "Globex GmbH", GLOBEX_IBAN, "COBADEFFXXX", "EUR").await;
 
-    // Hold the checkpoint row: the server's posting process skips its turns.
+    // Hold the page lock: the server's posting process skips its turns.
     let mut hold = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM process_checkpoints WHERE name = 'posting' FOR UPDATE")
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(ledger::posting::PAGE_LOCK)
         .execute(&mut *hold)
         .await
         .unwrap();
