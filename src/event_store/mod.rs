@@ -253,11 +253,12 @@ pub struct StreamAppended {
 
 const APPEND_MANY_SQL: &str = r#"
 WITH ins AS (
-    INSERT INTO events (stream_id, version, event_type, schema_version, data, metadata, recorded_at, hash)
-    SELECT st, v, t, s, d, m, r, h
+    INSERT INTO events (stream_id, version, event_type, schema_version, data, metadata, recorded_at, hash,
+                        transfer_count)
+    SELECT st, v, t, s, d, m, r, h, n
     FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[], $7::timestamptz[],
-                $8::bytea[])
-         AS u(st, v, t, s, d, m, r, h)
+                $8::bytea[], $16::int[])
+         AS u(st, v, t, s, d, m, r, h, n)
     RETURNING *
 ), idem AS (
     INSERT INTO idempotency_keys (scope, key, request_hash, stream_id, response_status, response_body, position)
@@ -304,11 +305,16 @@ pub async fn append_many<'e, E: sqlx::PgExecutor<'e>>(
     let mut metadatas = Vec::with_capacity(events);
     let mut hashes = Vec::with_capacity(events);
     let mut times = Vec::with_capacity(events);
+    let mut transfer_counts: Vec<Option<i32>> = Vec::with_capacity(events);
     let mut heads = Vec::with_capacity(appends.len());
     for append in appends {
         let chained = chain(append.stream_id, append.head, append.events, recorded_at);
         streams.extend(std::iter::repeat_n(append.stream_id, append.events.len()));
         times.extend(std::iter::repeat_n(chained.recorded_at, append.events.len()));
+        transfer_counts.extend(append.events.iter().map(|new| match &new.event {
+            Event::BulkTransferBooked { transfers, .. } => i32::try_from(transfers.len()).ok(),
+            _ => None,
+        }));
         versions.extend(chained.versions);
         types.extend(chained.types);
         schemas.extend(chained.schemas);
@@ -354,6 +360,7 @@ pub async fn append_many<'e, E: sqlx::PgExecutor<'e>>(
         .bind(&keys.statuses)
         .bind(&keys.bodies)
         .bind(&keys.last_versions)
+        .bind(&transfer_counts)
         .fetch_one(executor)
         .await
         .map_err(classify)?;

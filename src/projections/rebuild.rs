@@ -29,6 +29,11 @@ pub(crate) const BATCH_EVENTS: i64 = 50_000;
 /// the rows without decompressing them. A bulk of 10,000 transfers stores
 /// well under 1 MB.
 pub(crate) const BATCH_BYTES: i64 = 8 << 20;
+/// Transfers in one batch (a booked bulk counts its transfers, from the
+/// events' `transfer_count`; any other event, and an event written before
+/// that column, one): what bounds the rows a batch writes, however well
+/// its payloads compress.
+pub(crate) const BATCH_TRANSFERS: i64 = 100_000;
 /// Only one rebuild at a time.
 const REBUILD_LOCK: i64 = 0x6c65_6467_6572_0002;
 /// `horizon_exemptions.reason` of a rebuild's load transactions.
@@ -534,7 +539,8 @@ async fn run(
 }
 
 /// One statement: take the next batch of events in feed order (at most
-/// [`BATCH_EVENTS`] events and [`BATCH_BYTES`] of stored payload, at least
+/// [`BATCH_EVENTS`] events, [`BATCH_TRANSFERS`] transfers and
+/// [`BATCH_BYTES`] of stored payload, at least
 /// one event: bulks of thousands of transfers make a few large events, and
 /// the batch's array must stay far below PostgreSQL's 1 GB value limit),
 /// hand it to
@@ -552,14 +558,15 @@ pub(crate) fn batch_sql(functions: Option<&str>, selected: &[&'static Projection
         "WITH sized AS ( \
              SELECT s.tx_id, s.position, \
                     sum(pg_column_size(s.data) + pg_column_size(s.metadata)) \
-                        OVER (ORDER BY s.tx_id, s.position) AS bytes \
-             FROM (SELECT e.tx_id, e.position, e.data, e.metadata FROM events e \
+                        OVER (ORDER BY s.tx_id, s.position) AS bytes, \
+                    sum(coalesce(s.transfer_count, 1)) OVER (ORDER BY s.tx_id, s.position) AS transfers \
+             FROM (SELECT e.tx_id, e.position, e.data, e.metadata, e.transfer_count FROM events e \
                    WHERE (e.tx_id, e.position) > ($1::text::xid8, $2) \
                      AND (NOT $4 OR e.tx_id < (SELECT events_horizon())) \
                    ORDER BY e.tx_id, e.position LIMIT $3) AS s \
          ), upto AS ( \
              SELECT tx_id, position FROM sized \
-             WHERE bytes <= $5 OR bytes = (SELECT min(bytes) FROM sized) \
+             WHERE (bytes <= $5 AND transfers <= $6) OR bytes = (SELECT min(bytes) FROM sized) \
              ORDER BY tx_id DESC, position DESC LIMIT 1 \
          ), batch AS ( \
              SELECT e FROM events e, upto \
@@ -590,6 +597,7 @@ pub(crate) async fn apply_batch<'e, E: sqlx::PgExecutor<'e>>(
             .bind(BATCH_EVENTS)
             .bind(below_horizon)
             .bind(BATCH_BYTES)
+            .bind(BATCH_TRANSFERS)
             .fetch_one(executor)
             .await?;
     let next = match (tx, position) {

@@ -23,19 +23,29 @@ pub const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// Applies everything committed so far to every asynchronous projection.
 /// Returns the number of events applied.
 pub async fn catch_up(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let mut applied = 0;
+    Ok(catch_up_counted(pool).await?.0)
+}
+
+/// [`catch_up`], saying also how many batches it took (each one
+/// transaction): the events applied and the batches.
+pub async fn catch_up_counted(pool: &PgPool) -> Result<(u64, u64), sqlx::Error> {
+    let (mut applied, mut batches) = (0, 0);
     for projection in PROJECTIONS.iter().filter(|p| p.mode == Mode::Async) {
-        applied += catch_up_one(pool, projection).await?;
+        let (events, taken) = catch_up_one(pool, projection).await?;
+        applied += events;
+        batches += taken;
     }
-    Ok(applied)
+    Ok((applied, batches))
 }
 
 /// Why a runner batch's transaction is in `horizon_exemptions`.
 const EXEMPTION_REASON: &str = "projection runner batch";
 
-async fn catch_up_one(pool: &PgPool, projection: &'static Projection) -> Result<u64, sqlx::Error> {
+/// One projection's catch-up: the events applied, and the batches (each a
+/// transaction) that applied them.
+async fn catch_up_one(pool: &PgPool, projection: &'static Projection) -> Result<(u64, u64), sqlx::Error> {
     let sql = batch_sql(None, &[projection]);
-    let mut applied = 0;
+    let (mut applied, mut batches) = (0, 0);
     loop {
         // Anything to apply? Asked without a transaction (so without a
         // transaction id): an idle runner takes no lock and holds nothing.
@@ -46,7 +56,7 @@ async fn catch_up_one(pool: &PgPool, projection: &'static Projection) -> Result<
                 .await?;
         let peek = FeedCursor { tx: tx_id, position };
         if event_store::read_feed_for(pool, peek, 1, "").await?.is_empty() {
-            return Ok(applied);
+            return Ok((applied, batches));
         }
         let mut tx = pool.begin().await?;
         // A batch is not a request: the requests' statement timeout must
@@ -62,7 +72,7 @@ async fn catch_up_one(pool: &PgPool, projection: &'static Projection) -> Result<
         .fetch_optional(&mut *tx)
         .await?;
         let Some((checkpoint_tx, checkpoint_position)) = checkpoint else {
-            return Ok(applied);
+            return Ok((applied, batches));
         };
         // The row lock gave this transaction an id, held for the whole
         // batch. It never appends events (the table refuses an exempt
@@ -100,10 +110,11 @@ async fn catch_up_one(pool: &PgPool, projection: &'static Projection) -> Result<
             .await;
         }
         applied += count;
-        // A batch cut short by its byte bound is not the end: only an
-        // empty one is.
+        batches += u64::from(count > 0);
+        // A batch cut short by its byte or transfer bound is not the end:
+        // only an empty one is.
         if count == 0 {
-            return Ok(applied);
+            return Ok((applied, batches));
         }
     }
 }

@@ -834,9 +834,11 @@ async fn a_rebuild_by_another_role_keeps_owner_grants_and_a_dbas_index() {
 
 /// The asynchronous runner cannot get stuck (issue #15, item 1): its
 /// batches are not bound by the requests' statement timeout, and are cut
-/// by their stored bytes, not only by their event count. Large bulks, then
-/// the runner on connections with a 20 ms statement timeout: it catches up
-/// (before, every attempt at the batch was cancelled, for ever).
+/// by transfers (and stored bytes), not only by their event count. Twelve
+/// bulks of 10,000 transfers, then the runner on connections with a 20 ms
+/// statement timeout: it catches up (before, every attempt at the batch
+/// was cancelled, for ever), in more than one batch though the whole log
+/// fits in one batch's bytes.
 #[tokio::test]
 async fn the_runner_catches_up_on_large_bulks_under_a_tiny_statement_timeout() {
     use ledger::app::requests::parse_bulk_transfer;
@@ -858,11 +860,11 @@ async fn the_runner_catches_up_on_large_bulks_under_a_tiny_statement_timeout() {
     let deposit = ledger::app::requests::parse_deposit(&serde_json::json!({"amount": "1000000.00"})).unwrap();
     let iban = ledger::domain::Iban::parse(ACME_IBAN, IbanCheck::Structure).unwrap();
     ledger.deposit(&context, &iban, deposit).await.unwrap().result.unwrap();
-    for round in 0..8 {
-        let transfers: Vec<Value> = (0..5_000)
+    for _ in 0..12 {
+        let transfers: Vec<Value> = (0..10_000)
             .map(|i| {
                 let mut t = transfer("1.00");
-                t["counterparty_iban"] = Value::String(format!("EE38368098102124{:04}", (round * 5_000 + i) % 10_000));
+                t["counterparty_iban"] = Value::String(format!("EE38368098102124{i:04}"));
                 t
             })
             .collect();
@@ -874,9 +876,22 @@ async fn the_runner_catches_up_on_large_bulks_under_a_tiny_statement_timeout() {
         .connect_with(db.options.clone().options([("statement_timeout", "20")]))
         .await
         .unwrap();
-    ledger::projections::runner::catch_up(&strict)
+    let stored: i64 =
+        sqlx::query_scalar("SELECT sum(pg_column_size(data) + pg_column_size(metadata))::bigint FROM events")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        stored < 8 << 20,
+        "the log ({stored} bytes stored) fits one batch's bytes"
+    );
+    let (_, batches) = ledger::projections::runner::catch_up_counted(&strict)
         .await
         .expect("the runner is not bound by the requests' statement timeout");
+    assert!(
+        batches >= 2,
+        "120,000 transfers are more than one batch's 100,000, however well they compress ({batches} batch)"
+    );
     let status = ledger::projections::status(&pool).await.unwrap();
     let counterparties = status.iter().find(|s| s.name == "counterparties").unwrap();
     assert_eq!(counterparties.lag_events, 0, "{status:?}");
