@@ -7,6 +7,9 @@
 //! the ledger's own rules for every field (§1, §2.3). Every offending
 //! element is named by its path (`PmtInf[1]/CdtTrfTxInf[3]/Amt/InstdAmt`);
 //! any error refuses the whole document.
+//!
+//! About 600 lines, 180 of them tests: one message's mapping, element by
+//! element, with the checks that name each element's path.
 
 use std::str::FromStr;
 

@@ -15,6 +15,10 @@
 //! The content models of these schemas are deterministic (XSD's "unique
 //! particle attribution"), so elements are matched greedily, one name of
 //! lookahead, and each element is validated once its place is known.
+//!
+//! About 900 lines, 80 of them tests: the compiler of the schema subset
+//! and the validator of documents against it are one piece (the compiled
+//! form exists for the validator), read together.
 
 use std::collections::HashMap;
 use std::str::FromStr;

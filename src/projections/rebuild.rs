@@ -13,6 +13,11 @@
 //! 4. Swap: lock `events` against writers (readers go on), apply the last
 //!    few events, replace the live tables with the shadow ones, commit.
 //!    Writers wait only for this step.
+//!
+//! About 600 lines: the rebuild's steps (load, index, catch-up, swap,
+//! analyze) share one connection, one shadow schema and one set of locks,
+//! and are read in order; the batch statement the runner shares with it
+//! lives here too.
 
 use std::time::Instant;
 
