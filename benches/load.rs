@@ -419,6 +419,7 @@ async fn run_ledger(
 }
 
 /// The soak (issue #15, item 10): an open loop of [`SOAK_RATE`] requests/s
+/// (or `LEDGER_BENCH_SOAK_RATE`)
 /// (bulks of one transfer, each with its idempotency key) on the 1,000
 /// accounts for `LEDGER_BENCH_SOAK_SECONDS` (default 600), reported window
 /// by window (a minute each): throughput, errors, latency and the server's
@@ -438,11 +439,18 @@ async fn soak(
         },
         Err(_) => SOAK_SECONDS,
     };
+    let rate = match std::env::var("LEDGER_BENCH_SOAK_RATE") {
+        Ok(text) => match text.trim().parse::<u32>() {
+            Ok(r) if (1..=100_000).contains(&r) => r,
+            _ => bail!("LEDGER_BENCH_SOAK_RATE must be requests per second in [1, 100000], not {text:?}"),
+        },
+        Err(_) => SOAK_RATE,
+    };
     let window = total.min(SOAK_WINDOW_SECONDS);
     let windows = total.div_ceil(window);
     settle(postgres, "soak", notes).await;
     let bodies = Arc::new(spread.iter().map(|a| http::bulk_body(a, 1)).collect::<Vec<_>>());
-    eprintln!("load: soak: {total} s at {SOAK_RATE} requests/s, {windows} windows of {window} s");
+    eprintln!("load: soak: {total} s at {rate} requests/s, {windows} windows of {window} s");
     for index in 0..windows {
         let workers: Vec<AnyWorker> = (0..OPEN_CONNECTIONS)
             .map(|i| {
@@ -465,7 +473,7 @@ async fn soak(
             warmup: Duration::ZERO,
             measure: Duration::from_secs(window),
         };
-        let measured = driver::run(workers, Load::Open { per_second: SOAK_RATE }, timing).await;
+        let measured = driver::run(workers, Load::Open { per_second: rate }, timing).await;
         let cpu = cpu::Sample::take(Some(server.pid()), postgres.postmaster_pid()).since(&cpu_before);
         let rss_max_kib = sampler.finish().await;
         if let Some(status) = server.exited() {
@@ -476,7 +484,7 @@ async fn soak(
         }
         rows.push(Row {
             name: "soak",
-            label: format!("soak {}/{windows}, {} s at {SOAK_RATE}/s", index + 1, window),
+            label: format!("soak {}/{windows}, {} s at {rate}/s", index + 1, window),
             connections: Some(OPEN_CONNECTIONS),
             measured: Some(measured),
             rss_max_kib,

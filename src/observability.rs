@@ -108,6 +108,19 @@ fn describe() {
     describe_gauge!(BUILD_INFO, "Always 1; the version label says which build runs");
 }
 
+/// Drains the histograms' pending samples every few seconds, for as long as
+/// the server runs. The recorder buffers every observation until the next
+/// render or upkeep: without a scrape (and nobody has to scrape), each
+/// request's few samples stayed in memory for good, ~65 bytes per request,
+/// which the soak showed as a steady RSS growth.
+pub async fn upkeep_periodically() {
+    let mut interval = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        interval.tick().await;
+        prometheus().run_upkeep();
+    }
+}
+
 /// A request or command refused at a bound (`in_flight`, `queue`,
 /// `subscriptions`) before anything was done.
 pub fn record_shed(bound: &'static str) {

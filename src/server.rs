@@ -49,6 +49,7 @@ pub async fn run(
     ));
     background.spawn(crate::projections::runner::run(ledger.pool().clone()));
     background.spawn(crate::posting::run(ledger.pool().clone(), ledger.posting_wake()));
+    background.spawn(crate::observability::upkeep_periodically());
 
     // The signal, or either server failing, stops both.
     let (stop, stopped) = watch::channel(false);
