@@ -495,6 +495,11 @@ impl GroupCommit {
         if appends.is_empty() {
             return Ok(());
         }
+        // In stream order: batches of two servers that share streams then
+        // take their row locks in the same order, which keeps them from
+        // deadlocking on each other (a deadlock is still retried).
+        let mut appends = appends;
+        appends.sort_by_key(|(_, append)| append.stream_id);
         let (indices, appends): (Vec<usize>, Vec<StreamAppend<'_>>) = appends.into_iter().unzip();
         let mut connection = self.pool.acquire().await.map_err(AppError::from)?;
         let sent = std::time::Instant::now();

@@ -429,6 +429,12 @@ fn classify(error: sqlx::Error) -> AppendError {
         return AppendError::OutcomeUnknown(error);
     }
     if let sqlx::Error::Database(db) = &error {
+        // Two batches that touch the same streams (two servers on one
+        // database) can still deadlock; PostgreSQL then rolls one back, so
+        // nothing of it committed: decide it again, like a stream that moved.
+        if db.code().is_some_and(|code| code == "40P01" || code == "40001") {
+            return AppendError::VersionConflict(None);
+        }
         match db.constraint() {
             Some("events_stream_version_key") => {
                 return AppendError::VersionConflict(conflicting_stream(db.as_ref()));
