@@ -18,6 +18,8 @@
 //!   `app` calls.
 //! - [`pg`]: the project-local PostgreSQL cluster used when no
 //!   `DATABASE_URL` is given, and by the tests.
+//! - [`replicas`]: the streaming standbys that serve queries, and their
+//!   health.
 //! - [`posting`]: the posting process, which credits on-us transfers to
 //!   their payees (double entry) from the feed.
 //! - [`server`]: the whole server (both front ends and every background
@@ -39,4 +41,5 @@ pub mod pg;
 pub mod posting;
 pub mod problem;
 pub mod projections;
+pub mod replicas;
 pub mod server;

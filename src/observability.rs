@@ -24,6 +24,10 @@ pub const POSTING_LAG: &str = "ledger_posting_lag_events";
 pub const DB_POOL_CONNECTIONS: &str = "ledger_db_pool_connections";
 pub const METRICS_REFRESHES: &str = "ledger_metrics_database_refreshes_total";
 pub const SHED: &str = "ledger_requests_shed_total";
+pub const READS: &str = "ledger_reads_total";
+pub const REPLICA_UP: &str = "ledger_read_replica_up";
+pub const REPLICA_LAG_BYTES: &str = "ledger_read_replica_lag_bytes";
+pub const REPLICA_FALLBACKS: &str = "ledger_read_replica_fallbacks_total";
 pub const BUILD_INFO: &str = "ledger_build_info";
 
 /// Latency buckets from 0.5 ms to 10 s.
@@ -86,6 +90,19 @@ fn describe() {
         BATCH_DURATION,
         Unit::Seconds,
         "Time to decide and append one group-commit batch"
+    );
+    describe_counter!(READS, "Queries by the server that answered them (primary or replica)");
+    describe_gauge!(
+        REPLICA_UP,
+        "1 when a read replica is in rotation, 0 when it is out (down, not a standby, lagging)"
+    );
+    describe_gauge!(
+        REPLICA_LAG_BYTES,
+        "WAL bytes a read replica had still to replay at its last health check"
+    );
+    describe_counter!(
+        REPLICA_FALLBACKS,
+        "Queries meant for a read replica that the primary answered: behind (min_position not reached in time) or error"
     );
     describe_gauge!(PROJECTION_POSITION, "Last log position reflected in each projection");
     describe_gauge!(PROJECTION_LAG, "Committed events a projection has not applied yet");

@@ -25,7 +25,8 @@ const GRACE_EXTRA: Duration = Duration::from_secs(5);
 /// - the idempotency key purge (keys older than
 ///   [`crate::app::Settings::idempotency_ttl`]),
 /// - the asynchronous projection runner,
-/// - the posting process (the credits of on-us transfers).
+/// - the posting process (the credits of on-us transfers),
+/// - the read replicas' health checks, when there are replicas.
 ///
 /// Runs until `shutdown` completes or either server fails. In-flight
 /// requests then get the request time limit and [`GRACE_EXTRA`] more; a
@@ -50,6 +51,7 @@ pub async fn run(
     background.spawn(crate::projections::runner::run(ledger.pool().clone()));
     background.spawn(crate::posting::run(ledger.pool().clone(), ledger.posting_wake()));
     background.spawn(crate::observability::upkeep_periodically());
+    background.spawn(Arc::clone(ledger.replicas()).check_periodically(ledger.pool().clone()));
 
     // The signal, or either server failing, stops both.
     let (stop, stopped) = watch::channel(false);

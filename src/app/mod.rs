@@ -120,6 +120,9 @@ pub struct CommandContext {
 
 pub struct Ledger {
     pool: PgPool,
+    /// The streaming standbys that serve queries (none unless
+    /// `LEDGER_READ_DATABASE_URL` is set).
+    replicas: Arc<crate::replicas::Replicas>,
     settings: Settings,
     /// Commands on one account are decided one after the other in this
     /// process and appended in batches; across processes, optimistic
@@ -133,6 +136,26 @@ pub struct Ledger {
     /// Requests in flight (`Limits::in_flight_max`), subscriptions open.
     in_flight: Arc<tokio::sync::Semaphore>,
     subscriptions: Arc<tokio::sync::Semaphore>,
+}
+
+/// Where a query reads: the primary, or a standby that (for a query given
+/// `min_position`) has been seen to reflect that position. Made by
+/// [`Ledger::reflect`]; used with [`Ledger::read`].
+#[derive(Debug, Clone, Default)]
+pub struct Reader {
+    replica: Option<Arc<crate::replicas::Replica>>,
+}
+
+impl Reader {
+    /// The primary.
+    pub fn primary() -> Reader {
+        Reader { replica: None }
+    }
+
+    /// The standby it reads from, if any.
+    pub fn replica(&self) -> Option<&str> {
+        self.replica.as_deref().map(crate::replicas::Replica::name)
+    }
 }
 
 /// A place among the requests in flight (or the open subscriptions), held
@@ -155,6 +178,7 @@ impl Ledger {
         let subscriptions = Arc::new(tokio::sync::Semaphore::new(settings.limits.subscriptions_max.max(1)));
         Ledger {
             pool,
+            replicas: Arc::new(crate::replicas::Replicas::none()),
             settings,
             group_commit,
             authenticator,
@@ -243,6 +267,44 @@ impl Ledger {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Serve the queries from these standbys too (see [`crate::replicas`]).
+    pub fn with_replicas(mut self, replicas: crate::replicas::Replicas) -> Ledger {
+        self.replicas = Arc::new(replicas);
+        self
+    }
+
+    pub fn replicas(&self) -> &Arc<crate::replicas::Replicas> {
+        &self.replicas
+    }
+
+    /// Runs a query on `reader`'s server. When that is a standby and it
+    /// fails as a broken connection does (or the standby cancelled it for
+    /// a replay conflict), the standby leaves the rotation and the primary
+    /// answers: the primary is always at least as far along.
+    pub async fn read<T, F, Fut>(&self, reader: &Reader, query: F) -> Result<T, AppError>
+    where
+        F: Fn(PgPool) -> Fut,
+        Fut: std::future::Future<Output = Result<T, AppError>>,
+    {
+        use crate::observability::{READS, REPLICA_FALLBACKS};
+        let Some(replica) = &reader.replica else {
+            metrics::counter!(READS, "source" => "primary").increment(1);
+            return query(self.pool.clone()).await;
+        };
+        match query(replica.pool().clone()).await {
+            Err(error) if crate::replicas::is_replica_failure(&error) => {
+                replica.mark_down(format!("{error:#}"));
+                metrics::counter!(REPLICA_FALLBACKS, "reason" => "error").increment(1);
+                metrics::counter!(READS, "source" => "primary").increment(1);
+                query(self.pool.clone()).await
+            }
+            answer => {
+                metrics::counter!(READS, "source" => "replica").increment(1);
+                answer
+            }
+        }
     }
 
     /// What wakes this server's posting process from its rest: the server

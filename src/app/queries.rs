@@ -14,7 +14,7 @@ use super::views::{
     AccountView, CurrencyTrialBalance, FeedEventView, FeedPage, PointInTimeView, TransactionPage, TransactionView,
     TrialBalanceView, amount_text,
 };
-use super::{Ledger, account_id_for};
+use super::{Ledger, Reader, account_id_for};
 use crate::domain::{Account, Bic, Currency, Iban, IbanCheck, format_amount};
 use crate::event_store::{self, FeedCursor, StreamHead};
 use crate::problem::{Problem, ProblemType};
@@ -195,9 +195,12 @@ pub async fn projected_accounts(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error>
 }
 
 impl Ledger {
-    pub async fn account(&self, principal: &Principal, iban: &Iban) -> Result<AccountView, AppError> {
+    pub async fn account(&self, reader: &Reader, principal: &Principal, iban: &Iban) -> Result<AccountView, AppError> {
         principal.authorize(Action::ReadAccount(iban))?;
-        let row = balance_row(self.pool(), account_id_for(iban))
+        let row = self
+            .read(reader, |pool| async move {
+                Ok(balance_row(&pool, account_id_for(iban)).await?)
+            })
             .await?
             .ok_or_else(|| account_not_found(iban))?;
         let position = row.last_position;
@@ -208,6 +211,7 @@ impl Ledger {
     /// A page of the account's history, newest first, older than `cursor`.
     pub async fn transactions(
         &self,
+        reader: &Reader,
         principal: &Principal,
         iban: &Iban,
         limit: PageSize,
@@ -215,27 +219,32 @@ impl Ledger {
     ) -> Result<TransactionPage, AppError> {
         principal.authorize(Action::ReadAccount(iban))?;
         let account_id = account_id_for(iban);
-        if !account_exists(self.pool(), account_id).await? {
-            return Err(account_not_found(iban).into());
-        }
         let before = cursor.unwrap_or(HistoryCursor {
             position: i64::MAX,
             seq: i32::MAX,
         });
         let limit = limit.get() as usize;
-        // One more row than asked tells whether another page exists.
-        let rows: Vec<HistoryRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            history_columns!(),
-            " FROM transactions WHERE account_id = $1 AND (position, seq) < ($2, $3) \
-             ORDER BY position DESC, seq DESC LIMIT $4"
-        ))
-        .bind(account_id)
-        .bind(before.position)
-        .bind(before.seq)
-        .bind(limit as i64 + 1)
-        .fetch_all(self.pool())
-        .await?;
+        let rows = self
+            .read(reader, |pool| async move {
+                if !account_exists(&pool, account_id).await? {
+                    return Err(account_not_found(iban).into());
+                }
+                // One more row than asked tells whether another page exists.
+                let rows: Vec<HistoryRow> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    history_columns!(),
+                    " FROM transactions WHERE account_id = $1 AND (position, seq) < ($2, $3) \
+                     ORDER BY position DESC, seq DESC LIMIT $4"
+                ))
+                .bind(account_id)
+                .bind(before.position)
+                .bind(before.seq)
+                .bind(limit as i64 + 1)
+                .fetch_all(&pool)
+                .await?;
+                Ok(rows)
+            })
+            .await?;
         let more = rows.len() > limit;
         let rows = &rows[..rows.len().min(limit)];
         let next_cursor = more
@@ -260,6 +269,7 @@ impl Ledger {
     /// from a projection.
     pub async fn balance_at(
         &self,
+        reader: &Reader,
         principal: &Principal,
         iban: &Iban,
         at: PointInTime,
@@ -270,7 +280,11 @@ impl Ledger {
             PointInTime::Position(position) => (None, Some(position)),
         };
         let account_id = account_id_for(iban);
-        let events = event_store::read_stream(self.pool(), account_id, until_position, as_of).await?;
+        let events = self
+            .read(reader, |pool| async move {
+                Ok(event_store::read_stream(&pool, account_id, until_position, as_of).await?)
+            })
+            .await?;
         let replayed = crate::audit::replay_stream(account_id, &events);
         if let Some(difference) = replayed.differences.first() {
             return Err(AppError::Internal(anyhow::anyhow!(
@@ -315,12 +329,17 @@ impl Ledger {
     /// A page of the global log in commit-safe order, after `after`.
     pub async fn events(
         &self,
+        reader: &Reader,
         principal: &Principal,
         after: FeedCursor,
         limit: PageSize,
     ) -> Result<FeedPage, AppError> {
         principal.authorize(Action::ReadFeed)?;
-        let events = event_store::read_feed(self.pool(), after, i64::from(limit.get())).await?;
+        let events = self
+            .read(reader, |pool| async move {
+                Ok(event_store::read_feed(&pool, after, i64::from(limit.get())).await?)
+            })
+            .await?;
         let next_after = events.last().map_or(after, |e| e.cursor()).token();
         Ok(FeedPage {
             events: events
@@ -422,11 +441,55 @@ impl Ledger {
     /// `min_position_wait`. The inline projections need nothing more: they
     /// commit with the events. Front ends call it before a query that was
     /// given `min_position`.
-    pub async fn reflect(&self, min: Option<MinPosition>) -> Result<(), AppError> {
-        let Some(MinPosition(position)) = min else {
-            return Ok(());
-        };
+    ///
+    /// With read replicas (`LEDGER_READ_DATABASE_URL`) it also chooses
+    /// where the query reads: a healthy standby, taken in turn. Given
+    /// `min_position`, it waits on that standby up to the replicas' `wait`
+    /// (`LEDGER_READ_REPLICA_WAIT_MS`) for the same condition, then falls
+    /// back to the primary for what is left of `min_position_wait`. A
+    /// standby replays the primary's commits in order and never goes back,
+    /// so once it reflects the position every later read from it does.
+    pub async fn reflect(&self, min: Option<MinPosition>) -> Result<Reader, AppError> {
         let deadline = std::time::Instant::now() + self.settings().min_position_wait;
+        if let Some(replica) = self.replicas().pick() {
+            let Some(MinPosition(position)) = min else {
+                return Ok(Reader { replica: Some(replica) });
+            };
+            let replica_deadline = deadline.min(std::time::Instant::now() + self.replicas().settings().wait);
+            match self.wait_for(replica.pool(), position, replica_deadline).await {
+                Ok(true) => return Ok(Reader { replica: Some(replica) }),
+                Ok(false) => {
+                    metrics::counter!(crate::observability::REPLICA_FALLBACKS, "reason" => "behind").increment(1);
+                }
+                Err(error) => {
+                    let error = AppError::from(error);
+                    if !crate::replicas::is_replica_failure(&error) {
+                        return Err(error);
+                    }
+                    replica.mark_down(format!("{error:#}"));
+                    metrics::counter!(crate::observability::REPLICA_FALLBACKS, "reason" => "error").increment(1);
+                }
+            }
+        }
+        if let Some(MinPosition(position)) = min
+            && !self.wait_for(self.pool(), position, deadline).await?
+        {
+            return Err(Problem::new(
+                ProblemType::Unavailable,
+                format!(
+                    "position {position} is not reflected yet after {} ms; nothing was changed, retry later",
+                    self.settings().min_position_wait.as_millis()
+                ),
+            )
+            .into());
+        }
+        Ok(Reader::primary())
+    }
+
+    /// Whether the server behind `pool` reflects `position` (see
+    /// [`Ledger::reflect`]) by `deadline`, looking again every
+    /// [`POSITION_POLL`].
+    async fn wait_for(&self, pool: &PgPool, position: i64, deadline: std::time::Instant) -> Result<bool, sqlx::Error> {
         loop {
             // The events after the checkpoint are the posting process's
             // lag: a short range of the (tx_id, position) index.
@@ -437,31 +500,25 @@ impl Ledger {
                                       AND (e.tx_id, e.position) > (c.checkpoint_tx::text::xid8, c.checkpoint_position))",
             )
             .bind(position)
-            .fetch_one(self.pool())
+            .fetch_one(pool)
             .await?;
             if reached {
-                return Ok(());
+                return Ok(true);
             }
             // Someone is waiting: the posting process need not finish its rest.
             self.posting_wake.notify_one();
             if std::time::Instant::now() >= deadline {
-                return Err(Problem::new(
-                    ProblemType::Unavailable,
-                    format!(
-                        "position {position} is not reflected yet after {} ms; nothing was changed, retry later",
-                        self.settings().min_position_wait.as_millis()
-                    ),
-                )
-                .into());
+                return Ok(false);
             }
             tokio::time::sleep(POSITION_POLL).await;
         }
     }
 
     /// The trial balance (SPEC §9): admin only.
-    pub async fn trial_balance(&self, principal: &Principal) -> Result<TrialBalanceView, AppError> {
+    pub async fn trial_balance(&self, reader: &Reader, principal: &Principal) -> Result<TrialBalanceView, AppError> {
         principal.authorize(Action::ReadLedger)?;
-        Ok(trial_balance(self.pool()).await?)
+        self.read(reader, |pool| async move { Ok(trial_balance(&pool).await?) })
+            .await
     }
 }
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::auth::{Action, Principal};
 use super::problems::{AppError, account_not_found};
 use super::views::{TransactionView, amount_text};
-use super::{Ledger, account_id_for};
+use super::{Ledger, Reader, account_id_for};
 use crate::domain::{Iban, format_amount};
 use crate::event_store;
 use crate::problem::{FieldError, Problem};
@@ -105,13 +105,18 @@ impl Ledger {
     /// The statement of an account for a period.
     pub async fn statement(
         &self,
+        reader: &Reader,
         principal: &Principal,
         iban: &Iban,
         period: Period,
     ) -> Result<StatementView, AppError> {
         principal.authorize(Action::ReadAccount(iban))?;
         let account_id = account_id_for(iban);
-        let events = event_store::read_stream(self.pool(), account_id, None, None).await?;
+        let events = self
+            .read(reader, |pool| async move {
+                Ok(event_store::read_stream(&pool, account_id, None, None).await?)
+            })
+            .await?;
         // Up to where the period ends, in stream order: a stream's
         // versions are the order that counts, whatever the clocks said.
         let (start, end) = (period.start(), period.end());

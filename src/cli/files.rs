@@ -73,7 +73,9 @@ pub(super) async fn statement(
     let result = async {
         let iban = ledger.lookup_iban(account, "account")?;
         let period = Period::parse(Some(from), Some(to))?;
-        ledger.statement(&Principal::operator(), &iban, period).await
+        ledger
+            .statement(&crate::app::Reader::primary(), &Principal::operator(), &iban, period)
+            .await
     }
     .await;
     match result {

@@ -187,6 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let pool = connect(&cli).await?;
     db::migrate(&pool).await.context("applying migrations")?;
     let embedded = cli.database_url.is_none();
+    let connection = Connection::of(&cli);
     let settings = Settings {
         iban_check: cli.iban_check,
         ..Settings::default()
@@ -196,7 +197,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
-        Commands::Serve(args) => serve::run(pool, settings, args, embedded).await,
+        Commands::Serve(args) => serve::run(pool, settings, args, embedded, &connection).await,
         Commands::Accounts(command) => accounts::run(&Ledger::new(pool, settings), command).await,
         Commands::Keys(command) => keys::run(&pool, command).await,
         Commands::Projections(command) => projections::run(&pool, command).await,
@@ -216,6 +217,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// How every connection of this process is made: its pool's size and
+/// wait, and the options set on each connection.
+pub(super) struct Connection {
+    pub(super) pool: PoolSettings,
+    statement_timeout_ms: u64,
+}
+
+impl Connection {
+    fn of(cli: &Cli) -> Connection {
+        Connection {
+            pool: PoolSettings {
+                connections_max: cli.pool_size,
+                acquire_timeout: Duration::from_millis(cli.pool_acquire_timeout_ms),
+            },
+            statement_timeout_ms: cli.statement_timeout_ms,
+        }
+    }
+
+    /// The requests' statement timeout, on the primary and the replicas alike.
+    pub(super) fn configure(&self, options: PgConnectOptions) -> PgConnectOptions {
+        options.options([("statement_timeout", self.statement_timeout_ms.to_string())])
+    }
+}
+
 async fn connect(cli: &Cli) -> anyhow::Result<PgPool> {
     let options = match &cli.database_url {
         Some(url) => PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid PostgreSQL URL")?,
@@ -225,12 +250,8 @@ async fn connect(cli: &Cli) -> anyhow::Result<PgPool> {
             cluster.connect_options("ledger")
         }
     };
-    let options = options.options([("statement_timeout", cli.statement_timeout_ms.to_string())]);
-    let settings = PoolSettings {
-        connections_max: cli.pool_size,
-        acquire_timeout: Duration::from_millis(cli.pool_acquire_timeout_ms),
-    };
-    db::connect(options, &settings)
+    let connection = Connection::of(cli);
+    db::connect(connection.configure(options), &connection.pool)
         .await
         .context("connecting to PostgreSQL")
 }

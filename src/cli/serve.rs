@@ -13,6 +13,7 @@ use sqlx::PgPool;
 
 use crate::app::auth::{self, AuthMode};
 use crate::app::{GroupCommitSettings, Ledger, Limits, Settings};
+use crate::replicas::{ReplicaSettings, Replicas};
 
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
@@ -79,6 +80,20 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "LEDGER_BATCH_WAIT_US", default_value_t = GroupCommitSettings::default().batch_wait.as_micros() as u64,
           value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     batch_wait_us: u64,
+    /// Streaming standbys that serve the queries (one URL or a comma-separated list); commands always go to DATABASE_URL.
+    #[arg(long, env = "LEDGER_READ_DATABASE_URL", hide_env_values = true)]
+    read_database_url: Option<String>,
+    /// A read replica more than this many bytes of WAL behind the primary is taken out of rotation.
+    #[arg(long, env = "LEDGER_READ_REPLICA_MAX_LAG_BYTES", default_value_t = ReplicaSettings::default().max_lag_bytes)]
+    read_replica_max_lag_bytes: u64,
+    /// Milliseconds a query with `min_position` waits on a read replica before the primary answers it.
+    #[arg(long, env = "LEDGER_READ_REPLICA_WAIT_MS", default_value_t = ReplicaSettings::default().wait.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    read_replica_wait_ms: u64,
+    /// Milliseconds between two health checks of each read replica.
+    #[arg(long, env = "LEDGER_READ_REPLICA_CHECK_MS", default_value_t = ReplicaSettings::default().check_interval.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(50..=600_000))]
+    read_replica_check_ms: u64,
 }
 
 /// Where the gRPC API listens, if anywhere.
@@ -99,7 +114,13 @@ fn parse_grpc_listen(text: &str) -> Result<GrpcListen, String> {
 
 /// `ledger serve`: the settings from the flags, the first admin key of
 /// the embedded default, then the server until SIGTERM or SIGINT.
-pub(super) async fn run(pool: PgPool, base: Settings, args: ServeArgs, embedded: bool) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(
+    pool: PgPool,
+    base: Settings,
+    args: ServeArgs,
+    embedded: bool,
+    connection: &super::Connection,
+) -> anyhow::Result<ExitCode> {
     let limits = Limits {
         body_bytes_max: args.body_bytes_max,
         transfers_per_bulk_max: args.transfers_per_bulk_max,
@@ -125,7 +146,20 @@ pub(super) async fn run(pool: PgPool, base: Settings, args: ServeArgs, embedded:
         min_position_wait: Duration::from_millis(args.min_position_wait_ms),
         ..base
     };
-    let ledger = Arc::new(Ledger::new(pool, settings));
+    let replicas = match &args.read_database_url {
+        None => Replicas::none(),
+        Some(urls) => Replicas::connect_lazy(
+            urls,
+            |options| connection.configure(options),
+            &connection.pool,
+            ReplicaSettings {
+                max_lag_bytes: args.read_replica_max_lag_bytes,
+                wait: Duration::from_millis(args.read_replica_wait_ms),
+                check_interval: Duration::from_millis(args.read_replica_check_ms),
+            },
+        )?,
+    };
+    let ledger = Arc::new(Ledger::new(pool, settings).with_replicas(replicas));
     announce_auth(&ledger, args.auth, embedded).await?;
     serve(ledger, args.listen, args.grpc_listen).await?;
     Ok(ExitCode::SUCCESS)

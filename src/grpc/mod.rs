@@ -325,8 +325,12 @@ impl LedgerService for GrpcApi {
                 .lookup_iban(&message.iban, "iban")
                 .map_err(|p| status_of_problem(&p, false))?;
             let min = MinPosition::new(message.min_position).map_err(|error| invalid(vec![error]))?;
-            self.ledger.reflect(min).await.map_err(status_of)?;
-            let view = self.ledger.account(&principal, &iban).await.map_err(status_of)?;
+            let reader = self.ledger.reflect(min).await.map_err(status_of)?;
+            let view = self
+                .ledger
+                .account(&reader, &principal, &iban)
+                .await
+                .map_err(status_of)?;
             Ok(account_message(view, false))
         })
         .await
@@ -354,10 +358,10 @@ impl LedgerService for GrpcApi {
                     ));
                 }
             };
-            self.ledger.reflect(min).await.map_err(status_of)?;
+            let reader = self.ledger.reflect(min).await.map_err(status_of)?;
             let page = self
                 .ledger
-                .transactions(&principal, &iban, limit, cursor)
+                .transactions(&reader, &principal, &iban, limit, cursor)
                 .await
                 .map_err(status_of)?;
             Ok(pb::ListTransactionsResponse {
@@ -379,8 +383,12 @@ impl LedgerService for GrpcApi {
             principal
                 .authorize(Action::ReadLedger)
                 .map_err(|p| status_of_problem(&p, false))?;
-            self.ledger.reflect(min).await.map_err(status_of)?;
-            let balance = self.ledger.trial_balance(&principal).await.map_err(status_of)?;
+            let reader = self.ledger.reflect(min).await.map_err(status_of)?;
+            let balance = self
+                .ledger
+                .trial_balance(&reader, &principal)
+                .await
+                .map_err(status_of)?;
             Ok(trial_balance_message(balance))
         })
         .await
@@ -410,7 +418,7 @@ impl LedgerService for GrpcApi {
             // forbidden key is the call's status, not a broken stream.
             let first = self
                 .ledger
-                .events(&principal, after, page_size)
+                .events(&crate::app::Reader::primary(), &principal, after, page_size)
                 .await
                 .map_err(status_of)?;
             let (sender, receiver) = mpsc::channel(FEED_BUFFER);

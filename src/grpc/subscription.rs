@@ -52,7 +52,9 @@ impl Subscription {
             };
             // The token came from the page just read: it always parses.
             let after = FeedCursor::parse(&next_after).unwrap_or(FeedCursor::START);
-            page = match self.ledger.events(&principal, after, self.page_size).await {
+            page = match // On the primary: a standby behind it would answer an empty page
+            // after this server's own append woke the subscription.
+            self.ledger.events(&crate::app::Reader::primary(), &principal, after, self.page_size).await {
                 Ok(page) => page,
                 Err(error) => return self.end(status_of(error)),
             };

@@ -116,8 +116,8 @@ pub async fn get(
     let iban = ledger.lookup_iban(&path_iban(iban)?, "iban")?;
     let query = query_map(query)?;
     let min = MinPosition::parse(query.get("min_position").map(String::as_str)).map_err(invalid)?;
-    ledger.reflect(min).await?;
-    Ok(ok_json(&ledger.account(&principal, &iban).await?))
+    let reader = ledger.reflect(min).await?;
+    Ok(ok_json(&ledger.account(&reader, &principal, &iban).await?))
 }
 
 /// The account's history, newest first.
@@ -154,8 +154,10 @@ pub async fn transactions(
             return Err(Problem::validation(errors).into());
         }
     };
-    ledger.reflect(min).await?;
-    Ok(ok_json(&ledger.transactions(&principal, &iban, limit, cursor).await?))
+    let reader = ledger.reflect(min).await?;
+    Ok(ok_json(
+        &ledger.transactions(&reader, &principal, &iban, limit, cursor).await?,
+    ))
 }
 
 /// The balance at a past time or position, replayed from the log.
@@ -194,8 +196,8 @@ pub async fn balance_at(
             return Err(Problem::validation(errors).into());
         }
     };
-    ledger.reflect(min).await?;
-    Ok(ok_json(&ledger.balance_at(&principal, &iban, at).await?))
+    let reader = ledger.reflect(min).await?;
+    Ok(ok_json(&ledger.balance_at(&reader, &principal, &iban, at).await?))
 }
 
 /// The account's statement for a period of whole days (UTC): camt.053 in
@@ -231,7 +233,8 @@ pub async fn statement(
         query.get("from").map(String::as_str),
         query.get("to").map(String::as_str),
     )?;
-    let statement = ledger.statement(&principal, &iban, period).await?;
+    let reader = ledger.reflect(None).await?;
+    let statement = ledger.statement(&reader, &principal, &iban, period).await?;
     Ok(if wants_json(&headers) {
         ok_json(&statement)
     } else {

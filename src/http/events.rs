@@ -49,5 +49,6 @@ pub async fn feed(
             return Err(Problem::validation(errors).into());
         }
     };
-    Ok(ok_json(&ledger.events(&principal, after, limit).await?))
+    let reader = ledger.reflect(None).await?;
+    Ok(ok_json(&ledger.events(&reader, &principal, after, limit).await?))
 }

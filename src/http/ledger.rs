@@ -41,6 +41,6 @@ pub async fn trial_balance(
         .map_err(|error| ApiError::from(Problem::validation(vec![error])))?;
     // The key's scope first: an account key learns nothing by waiting.
     principal.authorize(Action::ReadLedger)?;
-    ledger.reflect(min).await?;
-    Ok(ok_json(&ledger.trial_balance(&principal).await?))
+    let reader = ledger.reflect(min).await?;
+    Ok(ok_json(&ledger.trial_balance(&reader, &principal).await?))
 }

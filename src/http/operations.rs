@@ -73,7 +73,10 @@ pub(super) async fn healthz() -> Response {
     json_response(StatusCode::OK, r#"{"status":"ok"}"#.to_owned())
 }
 
-/// The database answers and every migration is applied.
+/// The database answers and every migration is applied. With read
+/// replicas, the answer lists each one's health (`up`, `lag_bytes`, and
+/// why it is out of rotation); a replica that is down does not make the
+/// server unready, since the primary answers its queries.
 #[utoipa::path(
     get, path = "/readyz", tag = "operations",
     responses(
@@ -83,7 +86,11 @@ pub(super) async fn healthz() -> Response {
 )]
 pub(super) async fn readyz(State(ledger): State<AppState>) -> Response {
     match crate::db::ready(ledger.pool()).await {
-        Ok(()) => json_response(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
+        Ok(()) if ledger.replicas().is_empty() => json_response(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
+        Ok(()) => json_response(
+            StatusCode::OK,
+            serde_json::json!({"status": "ready", "replicas": ledger.replicas().statuses()}).to_string(),
+        ),
         Err(error) => {
             tracing::warn!(error = format!("{error:#}"), "not ready");
             super::errors::problem_response(&Problem::new(

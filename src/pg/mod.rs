@@ -8,6 +8,8 @@
 //!   started when it is not running, and left running when the process exits.
 //! * [`Cluster::temporary`]: a throw-away cluster for the test suite, stopped and
 //!   deleted by a detached watchdog once the process that created it has exited.
+//! * [`Cluster::standby_of`]: a streaming standby of a cluster, for the
+//!   read-replica tests.
 //!
 //! Layout under the cluster's root directory:
 //!
@@ -29,6 +31,7 @@ mod error;
 mod process;
 mod quote;
 mod server_user;
+mod standby;
 mod temporary;
 
 pub use cluster::{Cluster, default_root};

@@ -477,6 +477,25 @@ impl OwnCluster {
         OwnCluster { cluster, root }
     }
 
+    /// A streaming standby of this cluster (`pg_basebackup -R`), started
+    /// beside it, stopped and removed like it.
+    pub async fn standby(&self, purpose: &str) -> OwnCluster {
+        let root = std::env::temp_dir().join(format!("ledger-{purpose}-{}", uuid::Uuid::new_v4().simple()));
+        let cluster = {
+            let (primary, root) = (self.cluster.clone(), root.clone());
+            tokio::task::spawn_blocking(move || Cluster::standby_of(&primary, &root))
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        OwnCluster { cluster, root }
+    }
+
+    /// Starts the server again after [`Cluster::stop`].
+    pub async fn start_after_stop(&mut self) {
+        self.start_again().await;
+    }
+
     /// Stops and starts the server again (for settings that need a restart).
     pub async fn restart(&mut self) {
         self.cluster.stop().unwrap();
