@@ -22,6 +22,7 @@
 //!   health.
 //! - [`posting`]: the posting process, which credits on-us transfers to
 //!   their payees (double entry) from the feed.
+//! - [`relay`]: the feed published to NATS JetStream, exactly once.
 //! - [`server`]: the whole server (both front ends and every background
 //!   task), started by `ledger serve`, the tests and the benchmarks.
 //! - [`cli`]: the `ledger` binary's subcommands.
@@ -41,5 +42,6 @@ pub mod pg;
 pub mod posting;
 pub mod problem;
 pub mod projections;
+pub mod relay;
 pub mod replicas;
 pub mod server;

@@ -21,6 +21,8 @@ pub const BATCH_APPEND_DURATION: &str = "ledger_group_commit_append_duration_sec
 pub const PROJECTION_POSITION: &str = "ledger_projection_position";
 pub const PROJECTION_LAG: &str = "ledger_projection_lag_events";
 pub const POSTING_LAG: &str = "ledger_posting_lag_events";
+pub const RELAY_LAG: &str = "ledger_relay_lag_events";
+pub const RELAY_PUBLISHED: &str = "ledger_relay_events_published_total";
 pub const DB_POOL_CONNECTIONS: &str = "ledger_db_pool_connections";
 pub const METRICS_REFRESHES: &str = "ledger_metrics_database_refreshes_total";
 pub const SHED: &str = "ledger_requests_shed_total";
@@ -117,6 +119,14 @@ fn describe() {
     describe_gauge!(
         POSTING_LAG,
         "Committed events the posting process (on-us credits) has not passed yet"
+    );
+    describe_gauge!(
+        RELAY_LAG,
+        "Committed events the NATS JetStream relay has not published yet (absent when no relay ever ran)"
+    );
+    describe_counter!(
+        RELAY_PUBLISHED,
+        "Events this process's relay published to JetStream (duplicates JetStream dropped not counted)"
     );
     describe_gauge!(
         DB_POOL_CONNECTIONS,

@@ -128,14 +128,21 @@ pub async fn run(pool: PgPool, wake: Arc<Notify>) {
 /// How far behind the log the posting process is: its checkpoint's
 /// position and the events after it.
 pub async fn lag(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
+    Ok(checkpoint_lag(pool, NAME).await?.unwrap_or_default())
+}
+
+/// A follower of the feed with a checkpoint in `process_checkpoints`
+/// (posting, the NATS relay): its checkpoint's position and the events
+/// after it; `None` when it has no checkpoint row.
+pub async fn checkpoint_lag(pool: &PgPool, name: &str) -> Result<Option<(i64, i64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT c.checkpoint_position, \
                 (SELECT count(*) FROM events e \
                  WHERE (e.tx_id, e.position) > (c.checkpoint_tx::text::xid8, c.checkpoint_position)) \
          FROM process_checkpoints c WHERE c.name = $1",
     )
-    .bind(NAME)
-    .fetch_one(pool)
+    .bind(name)
+    .fetch_optional(pool)
     .await
 }
 

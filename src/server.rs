@@ -26,7 +26,9 @@ const GRACE_EXTRA: Duration = Duration::from_secs(5);
 ///   [`crate::app::Settings::idempotency_ttl`]),
 /// - the asynchronous projection runner,
 /// - the posting process (the credits of on-us transfers),
-/// - the read replicas' health checks, when there are replicas.
+/// - the read replicas' health checks, when there are replicas,
+/// - the feed's relay to NATS JetStream, when the ledger has one
+///   ([`Ledger::with_relay`]; `ledger relay` runs it alone).
 ///
 /// Runs until `shutdown` completes or either server fails. In-flight
 /// requests then get the request time limit and [`GRACE_EXTRA`] more; a
@@ -52,6 +54,9 @@ pub async fn run(
     background.spawn(crate::posting::run(ledger.pool().clone(), ledger.posting_wake()));
     background.spawn(crate::observability::upkeep_periodically());
     background.spawn(Arc::clone(ledger.replicas()).check_periodically(ledger.pool().clone()));
+    if let Some(relay) = ledger.relay() {
+        background.spawn(crate::relay::run(ledger.pool().clone(), relay.clone()));
+    }
 
     // The signal, or either server failing, stops both.
     let (stop, stopped) = watch::channel(false);

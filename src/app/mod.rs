@@ -123,6 +123,8 @@ pub struct Ledger {
     /// The streaming standbys that serve queries (none unless
     /// `LEDGER_READ_DATABASE_URL` is set).
     replicas: Arc<crate::replicas::Replicas>,
+    /// Where this server relays the feed, if it does.
+    relay: Option<crate::relay::RelaySettings>,
     settings: Settings,
     /// Commands on one account are decided one after the other in this
     /// process and appended in batches; across processes, optimistic
@@ -179,6 +181,7 @@ impl Ledger {
         Ledger {
             pool,
             replicas: Arc::new(crate::replicas::Replicas::none()),
+            relay: None,
             settings,
             group_commit,
             authenticator,
@@ -270,6 +273,17 @@ impl Ledger {
     }
 
     /// Serve the queries from these standbys too (see [`crate::replicas`]).
+    /// The server relays the feed to NATS JetStream as well
+    /// (`LEDGER_NATS_URL`).
+    pub fn with_relay(mut self, relay: crate::relay::RelaySettings) -> Ledger {
+        self.relay = Some(relay);
+        self
+    }
+
+    pub fn relay(&self) -> Option<&crate::relay::RelaySettings> {
+        self.relay.as_ref()
+    }
+
     pub fn with_replicas(mut self, replicas: crate::replicas::Replicas) -> Ledger {
         self.replicas = Arc::new(replicas);
         self

@@ -342,20 +342,7 @@ impl Ledger {
             .await?;
         let next_after = events.last().map_or(after, |e| e.cursor()).token();
         Ok(FeedPage {
-            events: events
-                .into_iter()
-                .map(|e| FeedEventView {
-                    after: e.cursor().token(),
-                    position: e.event.position,
-                    stream_id: e.event.stream_id,
-                    version: e.event.version,
-                    event_type: e.event.event_type,
-                    schema_version: e.event.schema_version,
-                    data: e.event.data,
-                    metadata: e.event.metadata,
-                    recorded_at: e.event.recorded_at,
-                })
-                .collect(),
+            events: events.into_iter().map(FeedEventView::from).collect(),
             next_after,
         })
     }

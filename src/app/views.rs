@@ -150,6 +150,24 @@ pub struct FeedEventView {
     pub after: String,
 }
 
+impl From<crate::event_store::FeedEvent> for FeedEventView {
+    fn from(feed: crate::event_store::FeedEvent) -> FeedEventView {
+        let after = feed.cursor().token();
+        let event = feed.event;
+        FeedEventView {
+            after,
+            position: event.position,
+            stream_id: event.stream_id,
+            version: event.version,
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            data: event.data,
+            metadata: event.metadata,
+            recorded_at: event.recorded_at,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FeedPage {
     pub events: Vec<FeedEventView>,

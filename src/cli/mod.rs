@@ -6,7 +6,8 @@
 //! - `keys.rs`: `keys create|list|revoke`;
 //! - `projections.rs`: `projections rebuild|status`;
 //! - `audit.rs`: `audit` and `replay`;
-//! - `files.rs`: `import` (pain.001) and `statement` (camt.053).
+//! - `files.rs`: `import` (pain.001) and `statement` (camt.053);
+//! - `relay.rs`: `relay` (the feed to NATS JetStream).
 //!
 //! Every setting is a flag with an environment fallback. With no
 //! `DATABASE_URL`, commands use the project-local PostgreSQL cluster under
@@ -17,6 +18,7 @@ mod audit;
 mod files;
 mod keys;
 mod projections;
+mod relay;
 mod serve;
 
 use std::path::PathBuf;
@@ -130,6 +132,10 @@ enum Commands {
         #[arg(long, value_enum, default_value = "xml")]
         format: files::Format,
     },
+    /// Publish the event feed to NATS JetStream, exactly once, one message
+    /// per event (`Nats-Msg-Id` = its position), until SIGTERM or SIGINT.
+    /// One relay publishes at a time; more wait to take over.
+    Relay(relay::RelayArgs),
     /// Print an account's history with the running balance after each event.
     Replay {
         #[arg(long)]
@@ -209,6 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
         } => files::statement(&Ledger::new(pool, settings), &account, &from, &to, format).await,
         Commands::Audit { account } => audit::audit(&pool, account.as_deref()).await,
+        Commands::Relay(args) => relay::run(pool, args).await,
         Commands::Replay {
             account,
             until,

@@ -55,6 +55,12 @@ async fn status(pool: &PgPool) -> anyhow::Result<ExitCode> {
         "{:<14} {:<7} {:>12} {:>12} {:>10}  -",
         "posting", "process", position, log_position, lag
     );
+    if let Some((position, lag)) = crate::relay::lag(pool).await? {
+        println!(
+            "{:<14} {:<7} {:>12} {:>12} {:>10}  -",
+            "relay:nats", "process", position, log_position, lag
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -94,6 +94,10 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "LEDGER_READ_REPLICA_CHECK_MS", default_value_t = ReplicaSettings::default().check_interval.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(50..=600_000))]
     read_replica_check_ms: u64,
+    /// With LEDGER_NATS_URL, the server relays the feed to NATS JetStream
+    /// too (as `ledger relay` does).
+    #[command(flatten)]
+    relay: super::relay::RelayArgs,
 }
 
 /// Where the gRPC API listens, if anywhere.
@@ -159,7 +163,11 @@ pub(super) async fn run(
             },
         )?,
     };
-    let ledger = Arc::new(Ledger::new(pool, settings).with_replicas(replicas));
+    let mut ledger = Ledger::new(pool, settings).with_replicas(replicas);
+    if let Some(relay) = args.relay.settings()? {
+        ledger = ledger.with_relay(relay);
+    }
+    let ledger = Arc::new(ledger);
     announce_auth(&ledger, args.auth, embedded).await?;
     serve(ledger, args.listen, args.grpc_listen).await?;
     Ok(ExitCode::SUCCESS)

@@ -22,7 +22,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 const METRICS_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Prometheus text format. Pool gauges are sampled here, at scrape time;
-/// projection and posting lags at most once a second (they are counted in
+/// projection, posting and relay lags at most once a second (they are counted in
 /// the database), however often it is scraped.
 #[utoipa::path(
     get, path = "/metrics", tag = "operations",
@@ -54,6 +54,11 @@ pub(super) async fn metrics(State(ledger): State<AppState>) -> Response {
         match crate::posting::lag(pool).await {
             Ok((_, lag)) => metrics::gauge!(crate::observability::POSTING_LAG).set(lag as f64),
             Err(error) => tracing::warn!(error = format!("{error:#}"), "posting lag unavailable for /metrics"),
+        }
+        match crate::relay::lag(pool).await {
+            Ok(Some((_, lag))) => metrics::gauge!(crate::observability::RELAY_LAG).set(lag as f64),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "relay lag unavailable for /metrics"),
         }
     }
     (

@@ -21,6 +21,7 @@ mod money;
 mod outcomes;
 mod queries;
 mod rebuild_property;
+mod relay;
 mod replicas;
 mod resilience;
 mod seed;

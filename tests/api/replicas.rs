@@ -16,18 +16,7 @@ const PAYEE_IBAN: &str = "DE89370400440532013000";
 
 /// The value of one sample of `/metrics` (0 when absent).
 async fn metric(binary: &Binary, sample: &str) -> f64 {
-    let text = binary
-        .client
-        .get(format!("{}/metrics", binary.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or(0.0)
+    metric_sample(binary, sample).await.unwrap_or(0.0)
 }
 
 async fn readyz(binary: &Binary) -> Value {

@@ -412,6 +412,21 @@ impl Drop for Binary {
     }
 }
 
+/// The value of one sample of the binary's `/metrics`, if it has it.
+pub async fn metric_sample(binary: &Binary, sample: &str) -> Option<f64> {
+    let text = binary
+        .client
+        .get(format!("{}/metrics", binary.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
+}
+
 /// Runs the `ledger` binary to completion.
 pub fn run_ledger(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));

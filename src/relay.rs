@@ -1,0 +1,299 @@
+//! The feed relayed to NATS JetStream (SPEC §8, ARCHITECTURE "Scaling
+//! beyond one machine"): `ledger relay`, or a task of `serve` when
+//! `LEDGER_NATS_URL` is set, publishes every event of the commit-safe feed
+//! (`GET /v1/events`, in its order) to a JetStream stream, one message per
+//! event: on `<prefix>.<type>.<stream_id>`, with the feed's JSON view of the
+//! event as payload, `Nats-Msg-Id` = its position and `Ledger-Feed-Cursor`
+//! = the feed cursor just after it.
+//!
+//! Exactly once, whatever crashes:
+//! - JetStream drops a second message with the same `Nats-Msg-Id` within the
+//!   stream's duplicate window (two minutes unless the stream says
+//!   otherwise);
+//! - the checkpoint (`process_checkpoints`, name [`NAME`]) moves only after
+//!   every publish of a page is acknowledged: a relay that dies before that
+//!   publishes the page again, and the duplicate window removes it;
+//! - at every start the relay resumes after the later of its checkpoint and
+//!   the cursor of the last message the stream holds: a relay that comes
+//!   back after the duplicate window has passed, or whose checkpoint went
+//!   back (restored from a backup), still publishes nothing twice;
+//! - one relay publishes at a time: it holds a session advisory lock
+//!   ([`RELAY_LOCK`]) on the connection that reads the feed and moves the
+//!   checkpoint; a second relay waits for it and takes over when that
+//!   connection goes (the relay killed, PostgreSQL restarted). During a
+//!   takeover both may publish the same events for a moment, each in feed
+//!   order: the first copy of each is kept, the others are duplicates, so
+//!   the stream keeps the feed's order.
+//!
+//! Every publish names the stream it expects (`Nats-Expected-Stream`), so
+//! an event never lands in another stream that happens to capture the
+//! subject.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use sqlx::{Connection as _, PgConnection, PgPool};
+
+use crate::app::views::FeedEventView;
+use crate::event_store::{self, FeedCursor};
+
+/// The session advisory lock the publishing relay holds (posting's page
+/// lock is `…0003`).
+pub const RELAY_LOCK: i64 = 0x6c65_6467_6572_0004;
+/// The relay's checkpoint in `process_checkpoints`.
+pub const NAME: &str = "relay:nats";
+/// The header with the feed cursor just after the message's event (pass it
+/// as `after` to `GET /v1/events` to go on from there).
+pub const CURSOR_HEADER: &str = "Ledger-Feed-Cursor";
+/// Feed events per page: published together, acknowledged, then the
+/// checkpoint moves (pages are bounded by bytes as well, by the feed).
+const PAGE_EVENTS: i64 = 1_000;
+/// The first rest once caught up; it doubles while nothing arrives.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
+const MAX_IDLE_WAIT: Duration = Duration::from_millis(200);
+/// How often a relay that waits for the lock asks again.
+const STANDBY_POLL: Duration = Duration::from_millis(500);
+/// The rest after a failure (NATS or PostgreSQL away) before starting over.
+const RETRY_WAIT: Duration = Duration::from_secs(1);
+
+/// Where the feed goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelaySettings {
+    /// NATS server URL(s), comma-separated.
+    pub url: String,
+    /// The JetStream stream; created with subjects `<prefix>.>` when missing.
+    pub stream: String,
+    /// Subjects are `<prefix>.<type>.<stream_id>`.
+    pub subject_prefix: String,
+}
+
+impl RelaySettings {
+    /// Checks the names NATS would refuse (or read as wildcards).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.url.trim().is_empty() {
+            return Err("LEDGER_NATS_URL is empty".to_owned());
+        }
+        let bad_stream = |c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\');
+        if self.stream.is_empty() || self.stream.contains(bad_stream) {
+            return Err(format!(
+                "LEDGER_NATS_STREAM {:?}: a stream name is not empty and has no spaces, '.', '*', '>', '/' or '\\'",
+                self.stream
+            ));
+        }
+        let bad_token =
+            |token: &str| token.is_empty() || token.contains(|c: char| c.is_whitespace() || matches!(c, '*' | '>'));
+        if self.subject_prefix.split('.').any(bad_token) {
+            return Err(format!(
+                "LEDGER_NATS_SUBJECT_PREFIX {:?}: dot-separated tokens, none empty, with no spaces or wildcards",
+                self.subject_prefix
+            ));
+        }
+        Ok(())
+    }
+
+    /// The subject of one event.
+    pub fn subject(&self, event_type: &str, stream_id: uuid::Uuid) -> String {
+        format!("{}.{event_type}.{stream_id}", self.subject_prefix)
+    }
+}
+
+/// Relays for as long as the process runs: a failure (NATS or PostgreSQL
+/// away, the lock's connection lost) is logged and the relay starts over
+/// from its checkpoint and the stream's last message.
+pub async fn run(pool: PgPool, settings: RelaySettings) {
+    loop {
+        if let Err(error) = relay(&pool, &settings).await {
+            tracing::warn!(error = format!("{error:#}"), "relay to NATS: starting over");
+        }
+        tokio::time::sleep(RETRY_WAIT).await;
+    }
+}
+
+/// Takes the lock (waiting for another relay to let go), then publishes
+/// page after page. Returns only on failure.
+async fn relay(pool: &PgPool, settings: &RelaySettings) -> anyhow::Result<()> {
+    // A connection of its own: the session lock lives as long as it does,
+    // and it never goes back to the pool with the lock held.
+    let mut connection = pool.acquire().await?.detach();
+    loop {
+        let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(RELAY_LOCK)
+            .fetch_one(&mut connection)
+            .await?;
+        if ours {
+            break;
+        }
+        tokio::time::sleep(STANDBY_POLL).await;
+    }
+    // A checkpoint lost in a crash only goes back: the resume below makes
+    // that safe, so its commits need not wait for their fsync.
+    sqlx::query("SET synchronous_commit = off")
+        .execute(&mut connection)
+        .await?;
+    let client = async_nats::ConnectOptions::new()
+        .name("ledger relay")
+        .connect(settings.url.as_str())
+        .await
+        .with_context(|| format!("connecting to NATS at {}", settings.url))?;
+    let context = jetstream::new(client);
+    let mut stream = context
+        .get_or_create_stream(stream::Config {
+            name: settings.stream.clone(),
+            subjects: vec![format!("{}.>", settings.subject_prefix)],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("opening the JetStream stream {}", settings.stream))?;
+
+    sqlx::query("INSERT INTO process_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+        .bind(NAME)
+        .execute(&mut connection)
+        .await?;
+    let checkpoint = read_checkpoint(&mut connection).await?;
+    let mut cursor = checkpoint;
+    if let Some(published) = last_published(&mut stream).await?
+        && published > cursor
+    {
+        tracing::info!(
+            checkpoint = checkpoint.token(),
+            stream = published.token(),
+            "relay: the stream is ahead of the checkpoint; resuming after its last message"
+        );
+        cursor = published;
+        save_checkpoint(&mut connection, cursor).await?;
+    }
+    tracing::info!(
+        stream = settings.stream,
+        after = cursor.token(),
+        "relay: publishing the feed"
+    );
+
+    let mut rest = IDLE_WAIT;
+    loop {
+        let events = event_store::read_feed(&mut connection, cursor, PAGE_EVENTS).await?;
+        let Some(last) = events.last().map(|e| e.cursor()) else {
+            tokio::time::sleep(rest).await;
+            rest = (rest * 2).min(MAX_IDLE_WAIT);
+            // Still ours? A lost connection fails the next statement; ask
+            // cheaply, so an idle relay notices too.
+            connection.ping().await?;
+            continue;
+        };
+        rest = IDLE_WAIT;
+        // Publish the whole page, then wait for its acknowledgements: one
+        // round trip per page, not per event. They arrive in order on one
+        // connection, so the stream holds the page in feed order.
+        let mut acks = Vec::with_capacity(events.len());
+        for event in events {
+            let subject = settings.subject(&event.event.event_type, event.event.stream_id);
+            let id = event.event.position.to_string();
+            let after = event.cursor().token();
+            let payload = serde_json::to_vec(&FeedEventView::from(event))?;
+            let message = PublishMessage::build()
+                .payload(payload.into())
+                .message_id(id)
+                .expected_stream(&settings.stream)
+                .header(CURSOR_HEADER, after.as_str());
+            acks.push(context.send_publish(subject, message).await?);
+        }
+        let mut published = 0_u64;
+        for ack in acks {
+            if !ack.await.context("JetStream did not acknowledge a publish")?.duplicate {
+                published += 1;
+            }
+        }
+        metrics::counter!(crate::observability::RELAY_PUBLISHED).increment(published);
+        save_checkpoint(&mut connection, last).await?;
+        cursor = last;
+    }
+}
+
+async fn read_checkpoint(connection: &mut PgConnection) -> Result<FeedCursor, sqlx::Error> {
+    let (tx, position): (i64, i64) =
+        sqlx::query_as("SELECT checkpoint_tx, checkpoint_position FROM process_checkpoints WHERE name = $1")
+            .bind(NAME)
+            .fetch_one(connection)
+            .await?;
+    Ok(FeedCursor { tx, position })
+}
+
+async fn save_checkpoint(connection: &mut PgConnection, cursor: FeedCursor) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE process_checkpoints SET checkpoint_tx = $2, checkpoint_position = $3, updated_at = now() \
+         WHERE name = $1",
+    )
+    .bind(NAME)
+    .bind(cursor.tx)
+    .bind(cursor.position)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// The feed cursor of the last message the stream holds, if it holds one
+/// with the relay's header (it may have been removed by the stream's
+/// limits, or the stream purged: then the checkpoint alone says).
+async fn last_published(stream: &mut stream::Stream) -> anyhow::Result<Option<FeedCursor>> {
+    let last = stream
+        .info()
+        .await
+        .context("reading the JetStream stream's state")?
+        .state
+        .last_sequence;
+    if last == 0 {
+        return Ok(None);
+    }
+    let message = match stream.get_raw_message(last).await {
+        Ok(message) => message,
+        Err(error) if error.kind() == stream::RawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(error) => return Err(anyhow::Error::new(error).context("reading the stream's last message")),
+    };
+    let Some(value) = message.headers.get(CURSOR_HEADER) else {
+        return Ok(None);
+    };
+    FeedCursor::parse(value.as_str())
+        .map(Some)
+        .with_context(|| format!("the stream's last message has a {CURSOR_HEADER} header that is no cursor"))
+}
+
+/// How far behind the log the relay is: its checkpoint's position and the
+/// events after it. `None` when no relay ever ran on this database.
+pub async fn lag(pool: &PgPool) -> Result<Option<(i64, i64)>, sqlx::Error> {
+    crate::posting::checkpoint_lag(pool, NAME).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(stream: &str, prefix: &str) -> RelaySettings {
+        RelaySettings {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            stream: stream.to_owned(),
+            subject_prefix: prefix.to_owned(),
+        }
+    }
+
+    #[test]
+    fn names_nats_would_refuse_are_refused() {
+        assert!(settings("LEDGER", "ledger.events").validate().is_ok());
+        assert!(settings("LEDGER", "bank").validate().is_ok());
+        for stream in ["", "a.b", "a b", "a*", "a>", "a/b"] {
+            assert!(settings(stream, "ledger.events").validate().is_err(), "{stream:?}");
+        }
+        for prefix in ["", "a..b", ".a", "a.", "a.*", "a.>", "a b"] {
+            assert!(settings("LEDGER", prefix).validate().is_err(), "{prefix:?}");
+        }
+    }
+
+    #[test]
+    fn subjects_carry_the_type_and_the_stream() {
+        let id = uuid::Uuid::nil();
+        assert_eq!(
+            settings("LEDGER", "ledger.events").subject("AccountOpened", id),
+            "ledger.events.AccountOpened.00000000-0000-0000-0000-000000000000"
+        );
+    }
+}
