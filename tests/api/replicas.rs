@@ -243,8 +243,21 @@ async fn a_lagging_standby_never_answers_older_than_min_position_and_leaves_the_
         .await
         .unwrap();
     until_replica(&binary, true).await;
+    // Back in rotation, it serves reads again. Each read waits for it only
+    // 100 ms here, which a loaded machine's replay can overrun (the primary
+    // then answers, exactly): a few rounds, not one (CI, fresh clone).
     let before = metric(&binary, REPLICA_READS).await;
-    write_then_read(&binary, &mut acme, &mut payee).await;
-    assert!(metric(&binary, REPLICA_READS).await - before >= 3.0);
+    let mut served = 0.0;
+    for _ in 0..10 {
+        write_then_read(&binary, &mut acme, &mut payee).await;
+        served = metric(&binary, REPLICA_READS).await - before;
+        if served >= 3.0 {
+            break;
+        }
+    }
+    assert!(
+        served >= 3.0,
+        "the standby, back in rotation, answered {served} reads of up to 40"
+    );
     standby_pool.close().await;
 }
