@@ -27,7 +27,13 @@
 //!
 //! Every publish names the stream it expects (`Nats-Expected-Stream`), so
 //! an event never lands in another stream that happens to capture the
-//! subject.
+//! subject. Every message also carries `Ledger-Feed-Before`, the cursor
+//! just before its event: `GET /v1/events?after=<it>&limit=1` answers that
+//! very event. An event larger than the NATS server's `max_payload` (1 MB
+//! unless configured: a bulk of 10,000 transfers is ~3 MB) goes without its
+//! `data` (`null`) and with `Ledger-Data-Omitted` = the bytes left out;
+//! its consumer reads it from the feed that way. The relay never stalls on
+//! one event.
 
 use std::time::Duration;
 
@@ -46,6 +52,13 @@ pub const NAME: &str = "relay:nats";
 /// The header with the feed cursor just after the message's event (pass it
 /// as `after` to `GET /v1/events` to go on from there).
 pub const CURSOR_HEADER: &str = "Ledger-Feed-Cursor";
+/// The header with the feed cursor just before the message's event.
+pub const BEFORE_HEADER: &str = "Ledger-Feed-Before";
+/// On a message whose event's `data` was left out (too large for the NATS
+/// server's `max_payload`): how many bytes the whole message would have had.
+pub const OMITTED_HEADER: &str = "Ledger-Data-Omitted";
+/// Room kept for the headers beside a payload, under `max_payload`.
+const HEADER_ROOM: usize = 1_024;
 /// Feed events per page: published together, acknowledged, then the
 /// checkpoint moves (pages are bounded by bytes as well, by the feed).
 const PAGE_EVENTS: i64 = 1_000;
@@ -136,7 +149,7 @@ async fn relay(pool: &PgPool, settings: &RelaySettings) -> anyhow::Result<()> {
         .connect(settings.url.as_str())
         .await
         .with_context(|| format!("connecting to NATS at {}", settings.url))?;
-    let context = jetstream::new(client);
+    let context = jetstream::new(client.clone());
     let mut stream = context
         .get_or_create_stream(stream::Config {
             name: settings.stream.clone(),
@@ -186,17 +199,38 @@ async fn relay(pool: &PgPool, settings: &RelaySettings) -> anyhow::Result<()> {
         // round trip per page, not per event. They arrive in order on one
         // connection, so the stream holds the page in feed order.
         let mut acks = Vec::with_capacity(events.len());
+        // The server's limit, as of its latest INFO (a reconnect may change it).
+        let max_payload = client.server_info().max_payload;
+        let mut before = cursor;
         for event in events {
             let subject = settings.subject(&event.event.event_type, event.event.stream_id);
             let id = event.event.position.to_string();
-            let after = event.cursor().token();
-            let payload = serde_json::to_vec(&FeedEventView::from(event))?;
-            let message = PublishMessage::build()
+            let after = event.cursor();
+            let mut view = FeedEventView::from(event);
+            let mut payload = serde_json::to_vec(&view)?;
+            let mut omitted = None;
+            if payload.len() + HEADER_ROOM > max_payload {
+                tracing::warn!(
+                    position = view.position,
+                    bytes = payload.len(),
+                    max_payload,
+                    "relay: an event larger than the NATS server's max_payload goes without its data"
+                );
+                omitted = Some(payload.len());
+                view.data = serde_json::Value::Null;
+                payload = serde_json::to_vec(&view)?;
+            }
+            let mut message = PublishMessage::build()
                 .payload(payload.into())
                 .message_id(id)
                 .expected_stream(&settings.stream)
-                .header(CURSOR_HEADER, after.as_str());
+                .header(CURSOR_HEADER, after.token().as_str())
+                .header(BEFORE_HEADER, before.token().as_str());
+            if let Some(bytes) = omitted {
+                message = message.header(OMITTED_HEADER, bytes.to_string().as_str());
+            }
             acks.push(context.send_publish(subject, message).await?);
+            before = after;
         }
         let mut published = 0_u64;
         for ack in acks {

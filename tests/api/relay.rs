@@ -3,9 +3,10 @@
 //! relay` (and `serve` with `LEDGER_NATS_URL`). A JetStream consumer
 //! receives every event of the log exactly once, in the feed's order,
 //! across a SIGKILL of the relay, a restart of nats-server, two relays at
-//! once and a takeover by the server's own relay task; and a relay whose
+//! once and a takeover by the server's own relay task; a relay whose
 //! checkpoint went back past the stream's duplicate window publishes
-//! nothing twice.
+//! nothing twice; and an event past the server's `max_payload` goes without
+//! its data, which the consumer reads from the feed.
 //!
 //! Needs `nats-server` (Debian: nats-server); `.ci/run` installs it and sets
 //! LEDGER_NATS_TESTS=1, which turns a missing binary into a failure.
@@ -56,6 +57,11 @@ struct Nats {
 
 impl Nats {
     fn start(binary: PathBuf) -> Nats {
+        Nats::start_with(binary, "")
+    }
+
+    /// With a configuration file of these lines (`max_payload: 8192`...).
+    fn start_with(binary: PathBuf, config: &str) -> Nats {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -63,6 +69,7 @@ impl Nats {
             .port();
         let store = std::env::temp_dir().join(format!("ledger-nats-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&store).unwrap();
+        std::fs::write(store.join("nats.conf"), config).unwrap();
         let mut nats = Nats {
             binary,
             child: None,
@@ -79,6 +86,8 @@ impl Nats {
 
     fn start_again(&mut self) {
         let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(self.store.join("nats.conf"))
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
             .arg(&self.store)
             .arg("-l")
@@ -221,6 +230,8 @@ async fn until_relayed(pool: &PgPool) -> i64 {
 struct Received {
     id: String,
     cursor: String,
+    before: String,
+    omitted: Option<usize>,
     subject: String,
     event: Value,
 }
@@ -257,6 +268,8 @@ async fn consume(context: &jetstream::Context, name: &str, expected: usize) -> V
         received.push(Received {
             id: header(&message, "Nats-Msg-Id"),
             cursor: header(&message, ledger::relay::CURSOR_HEADER),
+            before: header(&message, ledger::relay::BEFORE_HEADER),
+            omitted: header(&message, ledger::relay::OMITTED_HEADER).parse().ok(),
             subject: message.subject.to_string(),
             event: serde_json::from_slice(&message.payload).unwrap(),
         });
@@ -282,8 +295,11 @@ async fn assert_exactly_the_feed(pool: &PgPool, received: &[Received]) {
         ids, expected,
         "the messages are the log's events in feed order, each once"
     );
+    let mut before = "0".to_owned();
     for (message, (position, cursor)) in received.iter().zip(&feed) {
         assert_eq!(message.event["position"], *position);
+        assert_eq!(message.before, before, "{}", message.event);
+        before.clone_from(cursor);
         assert_eq!(&message.cursor, cursor, "{}", message.event);
         assert_eq!(message.event["after"], *cursor);
         let subject = format!(
@@ -466,4 +482,65 @@ async fn a_relay_whose_checkpoint_went_back_past_the_duplicate_window_publishes_
     assert_eq!(stream_messages(&context, "SHORT").await, events as u64);
     let received = consume(&context, "SHORT", events as usize).await;
     assert_exactly_the_feed(&pool, &received).await;
+}
+
+/// A bulk's event past the NATS server's `max_payload` (8 KiB here; 1 MB by
+/// default, which a bulk of 10,000 transfers passes) is relayed in its place
+/// without its data, marked so; its consumer reads it whole from the feed
+/// with the message's `Ledger-Feed-Before`. Nothing stalls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_past_the_servers_max_payload_goes_without_its_data_and_is_read_from_the_feed() {
+    let Some(binary) = nats_server() else { return };
+    let nats = Nats::start_with(binary, "max_payload: 8192\n");
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let url = db.url();
+    let server = Binary::serve(&[("DATABASE_URL", url.as_str()), ("LEDGER_IBAN_CHECK", "structure")]);
+    open_acme(&server.client, &server.base, 1_000_000).await;
+    let payroll: Vec<Value> = (0..100).map(|_| transfer("0.01")).collect();
+    let booked = server
+        .client
+        .post(format!("{}/v1/transfer/bulk", server.base))
+        .json(&bulk(payroll))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(booked.status(), 201);
+    let deposit = server
+        .client
+        .post(format!("{}/v1/accounts/{ACME_IBAN}/deposits", server.base))
+        .json(&json!({"amount": "1.00"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deposit.status(), 201);
+
+    let context = jetstream(&nats).await;
+    let _relay = Relay::start(&url, &nats, "LEDGER");
+    let events = until_relayed(&pool).await;
+    until_stream_holds(&context, "LEDGER", events as u64).await;
+    let received = consume(&context, "LEDGER", events as usize).await;
+    assert_exactly_the_feed(&pool, &received).await;
+
+    let (large, small): (Vec<&Received>, Vec<&Received>) = received.iter().partition(|r| r.omitted.is_some());
+    assert_eq!(large.len(), 1, "only the bulk's event is too large");
+    let large = large[0];
+    assert_eq!(large.event["type"], "BulkTransferBooked");
+    assert!(large.event["data"].is_null(), "{}", large.event);
+    assert!(large.omitted.unwrap() > 8_192);
+    assert!(small.iter().all(|r| r.event["data"].is_object()));
+
+    let (status, page) = into_parts(
+        server
+            .client
+            .get(format!("{}/v1/events?after={}&limit=1", server.base, large.before))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let event = &page["events"][0];
+    assert_eq!(event["position"], large.event["position"]);
+    assert_eq!(event["data"]["transfers"].as_array().unwrap().len(), 100);
 }
