@@ -17,6 +17,16 @@
 //!   the cursor of the last message the stream holds: a relay that comes
 //!   back after the duplicate window has passed, or whose checkpoint went
 //!   back (restored from a backup), still publishes nothing twice;
+//! - no hole, ever: each publish says which stream sequence it expects to
+//!   follow (`Nats-Expected-Last-Sequence`), so when one message of a page
+//!   is lost (a reconnect drops what the client had buffered), every later
+//!   one is refused too, and the relay starts over after the last message
+//!   the stream really holds;
+//! - the stream's last message must be an event of this database (its
+//!   place, stream and version): a stream ahead of a database restored from
+//!   an older backup, or another ledger's stream, is refused loudly rather
+//!   than resumed after (that would skip the events the database writes
+//!   again at those positions);
 //! - one relay publishes at a time: it holds a session advisory lock
 //!   ([`RELAY_LOCK`]) on the connection that reads the feed and moves the
 //!   checkpoint; a second relay waits for it and takes over when that
@@ -31,7 +41,8 @@
 //! just before its event: `GET /v1/events?after=<it>&limit=1` answers that
 //! very event. An event larger than the NATS server's `max_payload` (1 MB
 //! unless configured: a bulk of 10,000 transfers is ~3 MB) goes without its
-//! `data` (`null`) and with `Ledger-Data-Omitted` = the bytes left out;
+//! `data` (`null`) and with `Ledger-Data-Omitted` = the bytes left out (so
+//! does one past the stream's own `max_msg_size`);
 //! its consumer reads it from the feed that way. The relay never stalls on
 //! one event.
 
@@ -166,7 +177,30 @@ async fn relay(pool: &PgPool, settings: &RelaySettings) -> anyhow::Result<()> {
         .await?;
     let checkpoint = read_checkpoint(&mut connection).await?;
     let mut cursor = checkpoint;
-    if let Some(published) = last_published(&mut stream).await?
+    let tail = stream_tail(&mut stream).await?;
+    if let Some(last) = &tail.last {
+        let ours: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE tx_id = $1::text::xid8 AND position = $2 \
+                            AND stream_id = $3 AND version = $4)",
+        )
+        .bind(last.cursor.tx.to_string())
+        .bind(last.cursor.position)
+        .bind(last.stream_id)
+        .bind(last.version)
+        .fetch_one(&mut connection)
+        .await?;
+        anyhow::ensure!(
+            ours,
+            "the JetStream stream {}'s last message (position {}) is no event of this database: \
+             was the database restored from an older backup, or is the stream another ledger's? \
+             Refusing to publish (that would skip or reorder events); give the relay a new stream \
+             (LEDGER_NATS_STREAM) or purge this one",
+            settings.stream,
+            last.cursor.position
+        );
+    }
+    let mut sequence = tail.sequence;
+    if let Some(published) = tail.last.map(|last| last.cursor)
         && published > cursor
     {
         tracing::info!(
@@ -199,8 +233,12 @@ async fn relay(pool: &PgPool, settings: &RelaySettings) -> anyhow::Result<()> {
         // round trip per page, not per event. They arrive in order on one
         // connection, so the stream holds the page in feed order.
         let mut acks = Vec::with_capacity(events.len());
-        // The server's limit, as of its latest INFO (a reconnect may change it).
-        let max_payload = client.server_info().max_payload;
+        // The server's limit, as of its latest INFO (a reconnect may change
+        // it), and the stream's own, when it has one.
+        let max_payload = match tail.max_message_bytes {
+            Some(stream_max) => client.server_info().max_payload.min(stream_max),
+            None => client.server_info().max_payload,
+        };
         let mut before = cursor;
         for event in events {
             let subject = settings.subject(&event.event.event_type, event.event.stream_id);
@@ -214,7 +252,7 @@ async fn relay(pool: &PgPool, settings: &RelaySettings) -> anyhow::Result<()> {
                     position = view.position,
                     bytes = payload.len(),
                     max_payload,
-                    "relay: an event larger than the NATS server's max_payload goes without its data"
+                    "relay: an event larger than NATS takes (max_payload, or the stream's max_msg_size) goes without its data"
                 );
                 omitted = Some(payload.len());
                 view.data = serde_json::Value::Null;
@@ -224,19 +262,28 @@ async fn relay(pool: &PgPool, settings: &RelaySettings) -> anyhow::Result<()> {
                 .payload(payload.into())
                 .message_id(id)
                 .expected_stream(&settings.stream)
+                .expected_last_sequence(sequence)
                 .header(CURSOR_HEADER, after.token().as_str())
                 .header(BEFORE_HEADER, before.token().as_str());
             if let Some(bytes) = omitted {
                 message = message.header(OMITTED_HEADER, bytes.to_string().as_str());
             }
-            acks.push(context.send_publish(subject, message).await?);
+            sequence += 1;
+            acks.push((sequence, context.send_publish(subject, message).await?));
             before = after;
         }
         let mut published = 0_u64;
-        for ack in acks {
-            if !ack.await.context("JetStream did not acknowledge a publish")?.duplicate {
-                published += 1;
-            }
+        for (expected, ack) in acks {
+            let ack = ack.await.context("JetStream did not acknowledge a publish")?;
+            // Out of step (another relay published meanwhile, during a
+            // takeover): start over after what the stream holds.
+            anyhow::ensure!(
+                !ack.duplicate && ack.sequence == expected,
+                "the stream moved under the relay (sequence {} for {expected}, duplicate: {})",
+                ack.sequence,
+                ack.duplicate
+            );
+            published += 1;
         }
         metrics::counter!(crate::observability::RELAY_PUBLISHED).increment(published);
         save_checkpoint(&mut connection, last).await?;
@@ -266,30 +313,60 @@ async fn save_checkpoint(connection: &mut PgConnection, cursor: FeedCursor) -> R
     Ok(())
 }
 
-/// The feed cursor of the last message the stream holds, if it holds one
-/// with the relay's header (it may have been removed by the stream's
-/// limits, or the stream purged: then the checkpoint alone says).
-async fn last_published(stream: &mut stream::Stream) -> anyhow::Result<Option<FeedCursor>> {
-    let last = stream
-        .info()
-        .await
-        .context("reading the JetStream stream's state")?
-        .state
-        .last_sequence;
-    if last == 0 {
-        return Ok(None);
+/// What the relay needs to know of the stream before it publishes.
+struct Tail {
+    /// The stream's last sequence (0 when it never held a message).
+    sequence: u64,
+    /// Its last message, when it is still there and is the relay's.
+    last: Option<LastMessage>,
+    /// The stream's own limit on a message's size, when it has one.
+    max_message_bytes: Option<usize>,
+}
+
+struct LastMessage {
+    cursor: FeedCursor,
+    stream_id: uuid::Uuid,
+    version: i64,
+}
+
+/// The stream's last sequence and limits, and its last message's event
+/// (it may have been removed by the stream's limits, or the stream purged:
+/// then the checkpoint alone says where to resume).
+async fn stream_tail(stream: &mut stream::Stream) -> anyhow::Result<Tail> {
+    let info = stream.info().await.context("reading the JetStream stream's state")?;
+    let sequence = info.state.last_sequence;
+    let max_message_bytes = usize::try_from(info.config.max_message_size).ok().filter(|&n| n > 0);
+    let mut tail = Tail {
+        sequence,
+        last: None,
+        max_message_bytes,
+    };
+    if sequence == 0 {
+        return Ok(tail);
     }
-    let message = match stream.get_raw_message(last).await {
+    let message = match stream.get_raw_message(sequence).await {
         Ok(message) => message,
-        Err(error) if error.kind() == stream::RawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(error) if error.kind() == stream::RawMessageErrorKind::NoMessageFound => return Ok(tail),
         Err(error) => return Err(anyhow::Error::new(error).context("reading the stream's last message")),
     };
     let Some(value) = message.headers.get(CURSOR_HEADER) else {
-        return Ok(None);
+        return Ok(tail);
     };
-    FeedCursor::parse(value.as_str())
-        .map(Some)
-        .with_context(|| format!("the stream's last message has a {CURSOR_HEADER} header that is no cursor"))
+    let cursor = FeedCursor::parse(value.as_str())
+        .with_context(|| format!("the stream's last message has a {CURSOR_HEADER} header that is no cursor"))?;
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        stream_id: uuid::Uuid,
+        version: i64,
+    }
+    let envelope: Envelope =
+        serde_json::from_slice(&message.payload).context("the stream's last message is no event of the feed")?;
+    tail.last = Some(LastMessage {
+        cursor,
+        stream_id: envelope.stream_id,
+        version: envelope.version,
+    });
+    Ok(tail)
 }
 
 /// How far behind the log the relay is: its checkpoint's position and the

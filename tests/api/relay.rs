@@ -100,6 +100,13 @@ impl Nats {
         self.child = Some(child);
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            // Exited: the port was taken meanwhile, or the configuration is bad.
+            let exited = self.child.as_mut().unwrap().try_wait().unwrap();
+            assert!(
+                exited.is_none(),
+                "nats-server exited ({exited:?}); see {}",
+                self.store.join("nats.log").display()
+            );
             assert!(
                 started.elapsed() < Duration::from_secs(20),
                 "nats-server never listened"
@@ -180,11 +187,26 @@ async fn jetstream(nats: &Nats) -> jetstream::Context {
     }
 }
 
-/// Messages in the stream (0 while it does not exist yet).
+/// Messages in the stream, or `None` while it cannot be read (it does not
+/// exist yet, or JetStream is still recovering after a restart).
+async fn try_stream_messages(context: &jetstream::Context, name: &str) -> Option<u64> {
+    let mut stream = context.get_stream(name).await.ok()?;
+    stream.info().await.ok().map(|info| info.state.messages)
+}
+
+/// Messages in a stream that exists, asked again (bounded) while JetStream
+/// cannot answer yet.
 async fn stream_messages(context: &jetstream::Context, name: &str) -> u64 {
-    match context.get_stream(name).await {
-        Ok(mut stream) => stream.info().await.map_or(0, |info| info.state.messages),
-        Err(_) => 0,
+    let started = Instant::now();
+    loop {
+        if let Some(messages) = try_stream_messages(context, name).await {
+            return messages;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the stream {name} cannot be read"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -192,7 +214,7 @@ async fn stream_messages(context: &jetstream::Context, name: &str) -> u64 {
 async fn until_stream_holds(context: &jetstream::Context, name: &str, count: u64) {
     let started = Instant::now();
     loop {
-        let messages = stream_messages(context, name).await;
+        let messages = try_stream_messages(context, name).await.unwrap_or(0);
         if messages >= count {
             return;
         }
@@ -413,6 +435,11 @@ async fn a_jetstream_consumer_gets_every_event_once_across_kills_restarts_and_tw
     assert!(commands >= 40, "the load made {commands} commands");
     let events = until_relayed(&pool).await;
     until_stream_holds(&context, "LEDGER", events as u64).await;
+    assert_eq!(
+        stream_messages(&context, "LEDGER").await,
+        events as u64,
+        "no message twice"
+    );
     let received = consume(&context, "LEDGER", events as usize).await;
     assert_exactly_the_feed(&pool, &received).await;
 
@@ -491,7 +518,18 @@ async fn a_relay_whose_checkpoint_went_back_past_the_duplicate_window_publishes_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_past_the_servers_max_payload_goes_without_its_data_and_is_read_from_the_feed() {
     let Some(binary) = nats_server() else { return };
-    let nats = Nats::start_with(binary, "max_payload: 8192\n");
+    oversized_event(Nats::start_with(binary, "max_payload: 8192\n"), None).await;
+}
+
+/// The same for a stream whose own `max_msg_size` (8 KiB) is below the
+/// server's `max_payload` (1 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_past_the_streams_max_message_size_goes_without_its_data() {
+    let Some(binary) = nats_server() else { return };
+    oversized_event(Nats::start(binary), Some(8_192)).await;
+}
+
+async fn oversized_event(nats: Nats, stream_max_message_size: Option<i32>) {
     let db = TestDb::new().await;
     let pool = db.pool().await;
     let url = db.url();
@@ -516,6 +554,17 @@ async fn an_event_past_the_servers_max_payload_goes_without_its_data_and_is_read
     assert_eq!(deposit.status(), 201);
 
     let context = jetstream(&nats).await;
+    if let Some(max_message_size) = stream_max_message_size {
+        context
+            .create_stream(stream::Config {
+                name: "LEDGER".to_owned(),
+                subjects: vec![format!("{PREFIX}.>")],
+                max_message_size,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
     let _relay = Relay::start(&url, &nats, "LEDGER");
     let events = until_relayed(&pool).await;
     until_stream_holds(&context, "LEDGER", events as u64).await;
@@ -543,4 +592,56 @@ async fn an_event_past_the_servers_max_payload_goes_without_its_data_and_is_read
     let event = &page["events"][0];
     assert_eq!(event["position"], large.event["position"]);
     assert_eq!(event["data"]["transfers"].as_array().unwrap().len(), 100);
+}
+
+/// A stream whose last message is no event of this database (the database
+/// restored from an older backup, or another ledger's stream) is refused:
+/// resuming after it would skip the events written at those positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ahead_of_the_database_is_refused_not_resumed_after() {
+    let Some(binary) = nats_server() else { return };
+    let nats = Nats::start(binary);
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let url = db.url();
+    let server = Binary::serve(&[("DATABASE_URL", url.as_str()), ("LEDGER_IBAN_CHECK", "structure")]);
+    open_acme(&server.client, &server.base, 1_000).await;
+
+    let context = jetstream(&nats).await;
+    context
+        .create_stream(stream::Config {
+            name: "AHEAD".to_owned(),
+            subjects: vec![format!("{PREFIX}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let stranger = uuid::Uuid::new_v4();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "999999");
+    headers.insert(ledger::relay::CURSOR_HEADER, "999999-999999");
+    let payload = json!({"position": 999_999, "stream_id": stranger, "version": 7});
+    context
+        .publish_with_headers(
+            format!("{PREFIX}.FundsDeposited.{stranger}"),
+            headers,
+            serde_json::to_vec(&payload).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let _relay = Relay::start(&url, &nats, "AHEAD");
+    // It made its checkpoint, then refused (and goes on refusing, loudly).
+    let started = Instant::now();
+    while ledger::relay::lag(&pool).await.unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the relay never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(stream_messages(&context, "AHEAD").await, 1, "nothing published");
+    let (position, lag) = ledger::relay::lag(&pool).await.unwrap().unwrap();
+    assert_eq!(position, 0, "the checkpoint did not move past the database's events");
+    assert!(lag > 0);
 }
