@@ -131,6 +131,37 @@ pub async fn lag(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
     Ok(checkpoint_lag(pool, NAME).await?.unwrap_or_default())
 }
 
+/// The checkpoint `name` in `process_checkpoints` (posting, the NATS relay).
+pub(crate) async fn read_checkpoint<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    name: &str,
+) -> Result<FeedCursor, sqlx::Error> {
+    let (tx, position): (i64, i64) =
+        sqlx::query_as("SELECT checkpoint_tx, checkpoint_position FROM process_checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_one(executor)
+            .await?;
+    Ok(FeedCursor { tx, position })
+}
+
+/// Moves the checkpoint `name` to `cursor`.
+pub(crate) async fn save_checkpoint<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    name: &str,
+    cursor: FeedCursor,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE process_checkpoints SET checkpoint_tx = $2, checkpoint_position = $3, updated_at = now() \
+         WHERE name = $1",
+    )
+    .bind(name)
+    .bind(cursor.tx)
+    .bind(cursor.position)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
 /// A follower of the feed with a checkpoint in `process_checkpoints`
 /// (posting, the NATS relay): its checkpoint's position and the events
 /// after it; `None` when it has no checkpoint row.
@@ -204,15 +235,7 @@ async fn post_page(pool: &PgPool) -> Result<Option<Page>, AppError> {
     // Look before locking: an idle poll then reads one row and writes
     // nothing (taking the row lock would give every poll a transaction id,
     // and on a cluster with synchronous replication a commit to wait for).
-    let unlocked: (i64, i64) =
-        sqlx::query_as("SELECT checkpoint_tx, checkpoint_position FROM process_checkpoints WHERE name = $1")
-            .bind(NAME)
-            .fetch_one(pool)
-            .await?;
-    let peek = FeedCursor {
-        tx: unlocked.0,
-        position: unlocked.1,
-    };
+    let peek = read_checkpoint(pool, NAME).await?;
     if event_store::read_feed_for(pool, peek, 1, BOOKED).await?.is_empty() {
         return Ok(Some(Page::default()));
     }
@@ -232,14 +255,10 @@ async fn post_page(pool: &PgPool) -> Result<Option<Page>, AppError> {
     if !ours {
         return Ok(Some(Page::default()));
     }
-    let (checkpoint_tx, checkpoint_position): (i64, i64) =
-        sqlx::query_as("SELECT checkpoint_tx, checkpoint_position FROM process_checkpoints WHERE name = $1")
-            .bind(NAME)
-            .fetch_one(&mut *tx)
-            .await?;
+    let checkpoint = read_checkpoint(&mut *tx, NAME).await?;
     let rows: Vec<PageRow> = sqlx::query_as(PAGE_SQL)
-        .bind(checkpoint_tx.to_string())
-        .bind(checkpoint_position)
+        .bind(checkpoint.tx.to_string())
+        .bind(checkpoint.position)
         .bind(PAGE_EVENTS)
         .bind(BOOKED)
         .fetch_all(&mut *tx)
@@ -378,15 +397,7 @@ async fn post_page(pool: &PgPool) -> Result<Option<Page>, AppError> {
             .execute(&mut *tx)
             .await?;
     }
-    sqlx::query(
-        "UPDATE process_checkpoints SET checkpoint_tx = $2, checkpoint_position = $3, updated_at = now() \
-         WHERE name = $1",
-    )
-    .bind(NAME)
-    .bind(next.tx)
-    .bind(next.position)
-    .execute(&mut *tx)
-    .await?;
+    save_checkpoint(&mut *tx, NAME, next).await?;
     tx.commit().await?;
     for event_type in appended_types {
         metrics::counter!(crate::observability::EVENTS_APPENDED, "type" => event_type).increment(1);

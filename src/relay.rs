@@ -50,10 +50,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
-use sqlx::{Connection as _, PgConnection, PgPool};
+use sqlx::{Connection as _, PgPool};
 
 use crate::app::views::FeedEventView;
 use crate::event_store::{self, FeedCursor};
+use crate::posting::{read_checkpoint, save_checkpoint};
 
 /// The session advisory lock the publishing relay holds (posting's page
 /// lock is `…0003`).
@@ -175,7 +176,7 @@ async fn relay(pool: &PgPool, settings: &RelaySettings) -> anyhow::Result<()> {
         .bind(NAME)
         .execute(&mut connection)
         .await?;
-    let checkpoint = read_checkpoint(&mut connection).await?;
+    let checkpoint = read_checkpoint(&mut connection, NAME).await?;
     let mut cursor = checkpoint;
     let tail = stream_tail(&mut stream).await?;
     if let Some(last) = &tail.last {
@@ -209,7 +210,7 @@ async fn relay(pool: &PgPool, settings: &RelaySettings) -> anyhow::Result<()> {
             "relay: the stream is ahead of the checkpoint; resuming after its last message"
         );
         cursor = published;
-        save_checkpoint(&mut connection, cursor).await?;
+        save_checkpoint(&mut connection, NAME, cursor).await?;
     }
     tracing::info!(
         stream = settings.stream,
@@ -286,31 +287,9 @@ async fn relay(pool: &PgPool, settings: &RelaySettings) -> anyhow::Result<()> {
             published += 1;
         }
         metrics::counter!(crate::observability::RELAY_PUBLISHED).increment(published);
-        save_checkpoint(&mut connection, last).await?;
+        save_checkpoint(&mut connection, NAME, last).await?;
         cursor = last;
     }
-}
-
-async fn read_checkpoint(connection: &mut PgConnection) -> Result<FeedCursor, sqlx::Error> {
-    let (tx, position): (i64, i64) =
-        sqlx::query_as("SELECT checkpoint_tx, checkpoint_position FROM process_checkpoints WHERE name = $1")
-            .bind(NAME)
-            .fetch_one(connection)
-            .await?;
-    Ok(FeedCursor { tx, position })
-}
-
-async fn save_checkpoint(connection: &mut PgConnection, cursor: FeedCursor) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE process_checkpoints SET checkpoint_tx = $2, checkpoint_position = $3, updated_at = now() \
-         WHERE name = $1",
-    )
-    .bind(NAME)
-    .bind(cursor.tx)
-    .bind(cursor.position)
-    .execute(connection)
-    .await?;
-    Ok(())
 }
 
 /// What the relay needs to know of the stream before it publishes.

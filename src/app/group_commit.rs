@@ -1,5 +1,9 @@
 //! Group commit across accounts (DESIGN.md mechanisms 2 and 11).
 //!
+//! About 740 lines: the lanes, the leader's batch
+//! (take, decide, append, answer) and its retry on a conflict are one state
+//! machine, read best in one place.
+//!
 //! Accounts hash onto a few **lanes**. Commands queued on a lane while an
 //! append of it is in flight wait; when the append finishes, the next
 //! command's task becomes the lane's leader: it takes every queued command

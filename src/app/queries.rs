@@ -2,6 +2,10 @@
 //! `transactions`: one row type per table ([`BalanceRow`], [`HistoryRow`]),
 //! used by the queries, by the command handlers (the balances row is the
 //! aggregate's snapshot) and by the audit.
+//!
+//! About 530 lines: every query reads through the same row types and the
+//! same reader (primary or replica), so they stay together rather than
+//! spread the SQL of the read models over several files.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;

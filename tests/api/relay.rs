@@ -374,6 +374,18 @@ fn load(binary: &Binary, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> 
     })
 }
 
+/// A deposit of 1.00 on ACME.
+async fn deposit(binary: &Binary) {
+    let deposited = binary
+        .client
+        .post(format!("{}/v1/accounts/{ACME_IBAN}/deposits", binary.base))
+        .json(&json!({"amount": "1.00"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deposited.status(), 201);
+}
+
 async fn open_payee(binary: &Binary) {
     let opened = binary
         .client
@@ -470,14 +482,7 @@ async fn a_relay_whose_checkpoint_went_back_past_the_duplicate_window_publishes_
     let server = Binary::serve(&[("DATABASE_URL", url.as_str()), ("LEDGER_IBAN_CHECK", "structure")]);
     open_acme(&server.client, &server.base, 1_000_000).await;
     for _ in 0..20 {
-        let deposit = server
-            .client
-            .post(format!("{}/v1/accounts/{ACME_IBAN}/deposits", server.base))
-            .json(&json!({"amount": "1.00"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(deposit.status(), 201);
+        deposit(&server).await;
     }
     // The stream made beforehand, with a window of a tenth of a second.
     let context = jetstream(&nats).await;
@@ -544,14 +549,7 @@ async fn oversized_event(nats: Nats, stream_max_message_size: Option<i32>) {
         .await
         .unwrap();
     assert_eq!(booked.status(), 201);
-    let deposit = server
-        .client
-        .post(format!("{}/v1/accounts/{ACME_IBAN}/deposits", server.base))
-        .json(&json!({"amount": "1.00"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deposit.status(), 201);
+    deposit(&server).await;
 
     let context = jetstream(&nats).await;
     if let Some(max_message_size) = stream_max_message_size {

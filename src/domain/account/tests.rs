@@ -1,4 +1,7 @@
 //! Given/when/then tests and properties of the account aggregate.
+//!
+//! About 530 lines: one scenario per rule of `decide` and `evolve`, and the
+//! money properties (no overdraft, conservation, replay), beside each other.
 
 use super::*;
 use crate::domain::IbanCheck;
