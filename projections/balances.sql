@@ -89,7 +89,10 @@ $$;
 -- empty and unindexed when this runs; later events go through the apply
 -- function.
 CREATE OR REPLACE FUNCTION projection_balances_load(below xid8, partitions integer, part integer) RETURNS bigint
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+DECLARE
+    rows_written bigint;
+BEGIN
     WITH per_stream AS (
         SELECT e.stream_id,
                max(e.version) AS version,
@@ -102,16 +105,16 @@ LANGUAGE sql AS $$
         FROM events AS e
         WHERE e.tx_id < below AND get_byte(uuid_send(e.stream_id), 15) % partitions = part
         GROUP BY e.stream_id
-    ), inserted AS (
-        INSERT INTO balances (account_id, organization_name, iban, bic, currency,
-                              balance_cents, version, last_position, opened_at, updated_at)
-        SELECT s.stream_id, o.data->>'organization_name', o.data->>'iban', o.data->>'bic',
-               o.data->>'currency', coalesce((b.data->>'balance_after_cents')::bigint, 0),
-               s.version, s.last_position, o.recorded_at, s.updated_at
-        FROM per_stream AS s
-        JOIN events AS o ON o.stream_id = s.stream_id AND o.version = s.opened_version
-        LEFT JOIN events AS b ON b.stream_id = s.stream_id AND b.version = s.balance_version
-        RETURNING 1
     )
-    SELECT count(*) FROM inserted
+    INSERT INTO balances (account_id, organization_name, iban, bic, currency,
+                          balance_cents, version, last_position, opened_at, updated_at)
+    SELECT s.stream_id, o.data->>'organization_name', o.data->>'iban', o.data->>'bic',
+           o.data->>'currency', coalesce((b.data->>'balance_after_cents')::bigint, 0),
+           s.version, s.last_position, o.recorded_at, s.updated_at
+    FROM per_stream AS s
+    JOIN events AS o ON o.stream_id = s.stream_id AND o.version = s.opened_version
+    LEFT JOIN events AS b ON b.stream_id = s.stream_id AND b.version = s.balance_version;
+    GET DIAGNOSTICS rows_written = ROW_COUNT;
+    RETURN rows_written;
+END;
 $$;

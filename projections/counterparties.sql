@@ -89,7 +89,10 @@ $$;
 -- empty and unindexed when this runs; later events go through the apply
 -- function (the rebuild property test compares the two).
 CREATE OR REPLACE FUNCTION projection_counterparties_load(below xid8, partitions integer, part integer) RETURNS bigint
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+DECLARE
+    rows_written bigint;
+BEGIN
     WITH paid AS (
         SELECT e.stream_id AS account_id,
                (t.item->>'counterparty_iban') COLLATE "C" AS counterparty_iban,
@@ -102,16 +105,16 @@ LANGUAGE sql AS $$
         WHERE e.event_type = 'BulkTransferBooked'
           AND e.tx_id < below AND get_byte(uuid_send(e.stream_id), 15) % partitions = part
         ORDER BY 1, 2, e.position DESC, t.seq DESC
-    ), inserted AS (
-        INSERT INTO counterparties (account_id, counterparty_iban, counterparty_name, transfers, total_cents,
-                                    currency, last_position, last_paid_at)
-        SELECT account_id, counterparty_iban, (array_agg(counterparty_name))[1], count(*), sum(amount_cents),
-               (array_agg(currency))[1], max(position), max(recorded_at)
-        FROM paid
-        GROUP BY account_id, counterparty_iban
-        RETURNING 1
     )
-    SELECT count(*) FROM inserted
+    INSERT INTO counterparties (account_id, counterparty_iban, counterparty_name, transfers, total_cents,
+                                currency, last_position, last_paid_at)
+    SELECT account_id, counterparty_iban, (array_agg(counterparty_name))[1], count(*), sum(amount_cents),
+           (array_agg(currency))[1], max(position), max(recorded_at)
+    FROM paid
+    GROUP BY account_id, counterparty_iban;
+    GET DIAGNOSTICS rows_written = ROW_COUNT;
+    RETURN rows_written;
+END;
 $$;
 
 -- The same rows, when the same rebuild has just loaded `transactions`
@@ -119,7 +122,10 @@ $$;
 -- amounts): its narrow rows instead of parsing every bulk's JSON again.
 CREATE OR REPLACE FUNCTION projection_counterparties_load_from_transactions(partitions integer, part integer)
 RETURNS bigint
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+DECLARE
+    rows_written bigint;
+BEGIN
     WITH paid AS (
         -- Grouped in byte order: the same groups (equality is byte equality)
         -- without the locale's collation in the sort.
@@ -128,14 +134,14 @@ LANGUAGE sql AS $$
         FROM transactions AS t
         WHERE t.kind = 'transfer' AND get_byte(uuid_send(t.account_id), 15) % partitions = part
         ORDER BY 1, 2, t.position DESC, t.seq DESC
-    ), inserted AS (
-        INSERT INTO counterparties (account_id, counterparty_iban, counterparty_name, transfers, total_cents,
-                                    currency, last_position, last_paid_at)
-        SELECT account_id, counterparty_iban, (array_agg(counterparty_name))[1], count(*), sum(amount_cents),
-               (array_agg(currency))[1], max(position), max(recorded_at)
-        FROM paid
-        GROUP BY account_id, counterparty_iban
-        RETURNING 1
     )
-    SELECT count(*) FROM inserted
+    INSERT INTO counterparties (account_id, counterparty_iban, counterparty_name, transfers, total_cents,
+                                currency, last_position, last_paid_at)
+    SELECT account_id, counterparty_iban, (array_agg(counterparty_name))[1], count(*), sum(amount_cents),
+           (array_agg(currency))[1], max(position), max(recorded_at)
+    FROM paid
+    GROUP BY account_id, counterparty_iban;
+    GET DIAGNOSTICS rows_written = ROW_COUNT;
+    RETURN rows_written;
+END;
 $$;

@@ -106,60 +106,77 @@ $$;
 
 -- A rebuild's first pass: the rows of the accounts in partition `part` of
 -- `partitions` (by the stream id's last byte) from every event of the log
--- below `below`, straight from the table (no array of events). The same
--- rows as `projection_transactions_apply`, spelled out again for a scan:
--- keep the two in step (the rebuild property test compares them). The
--- table is empty and unindexed when this runs; later events go through the
--- apply function.
+-- below `below`, straight from the table (no array of events), in one scan
+-- of it. The same rows as `projection_transactions_apply`, spelled out again
+-- for a scan: keep the two in step (the rebuild property test compares
+-- them). The table is empty and unindexed when this runs; later events go
+-- through the apply function. PL/pgSQL for its row count (GET DIAGNOSTICS):
+-- a data-modifying CTE with RETURNING would keep every row written only to
+-- count them.
 CREATE OR REPLACE FUNCTION projection_transactions_load(below xid8, partitions integer, part integer) RETURNS bigint
-LANGUAGE sql AS $$
-    WITH inserted AS (
-        INSERT INTO transactions (account_id, position, seq, transaction_id, kind, amount_cents,
-                                  currency, counterparty_name, counterparty_iban, counterparty_bic,
-                                  description, bulk_id, balance_after_cents, recorded_at, reason, end_to_end_id)
-        -- The single-row events in one scan, their differences spelled as
-        -- CASEs (one UNION branch each would scan the log once per type).
-        SELECT e.stream_id, e.position, 1,
-               (e.data->>CASE WHEN e.event_type = 'FundsDeposited' THEN 'deposit_id' ELSE 'transfer_id' END)::uuid,
+LANGUAGE plpgsql AS $$
+DECLARE
+    rows_written bigint;
+BEGIN
+    INSERT INTO transactions (account_id, position, seq, transaction_id, kind, amount_cents,
+                              currency, counterparty_name, counterparty_iban, counterparty_bic,
+                              description, bulk_id, balance_after_cents, recorded_at, reason, end_to_end_id)
+    SELECT e.stream_id, e.position, r.seq, r.transaction_id, r.kind, r.amount_cents, r.currency,
+           r.counterparty_name, r.counterparty_iban, r.counterparty_bic, r.description, r.bulk_id,
+           r.balance_after_cents, e.recorded_at, r.reason, r.end_to_end_id
+    FROM (
+        -- A bulk's values are read out of its payload here, once per bulk
+        -- (OFFSET 0 keeps them from being pulled into the lateral below,
+        -- which would read a large bulk's JSON once per transfer).
+        SELECT e.stream_id, e.position, e.recorded_at, e.event_type,
+               CASE WHEN e.event_type <> 'BulkTransferBooked' THEN e.data END AS single,
+               CASE WHEN e.event_type = 'BulkTransferBooked' THEN (e.data->>'bulk_id')::uuid END AS bulk_id,
+               CASE WHEN e.event_type = 'BulkTransferBooked'
+                    THEN (e.data->>'balance_after_cents')::bigint + (e.data->>'total_cents')::bigint END
+                   AS balance_before_cents,
+               CASE WHEN e.event_type = 'BulkTransferBooked' THEN e.data->'transfers' END AS transfers
+        FROM events AS e
+        WHERE e.event_type IN ('FundsDeposited', 'TransferReceived', 'TransferReturned', 'BulkTransferBooked')
+          AND e.tx_id < below AND get_byte(uuid_send(e.stream_id), 15) % partitions = part
+        OFFSET 0
+    ) AS e
+    CROSS JOIN LATERAL (
+        -- The single-row events, their differences spelled as CASEs.
+        SELECT 1 AS seq,
+               (e.single->>CASE WHEN e.event_type = 'FundsDeposited' THEN 'deposit_id' ELSE 'transfer_id' END)::uuid
+                   AS transaction_id,
                CASE e.event_type WHEN 'FundsDeposited' THEN 'deposit'
                                  WHEN 'TransferReceived' THEN 'transfer_received'
-                                 ELSE 'transfer_returned' END,
-               (e.data->>'amount_cents')::bigint, e.data->>'currency',
-               e.data->>CASE e.event_type WHEN 'TransferReceived' THEN 'payer_name'
-                                          WHEN 'TransferReturned' THEN 'payee_name' END,
-               e.data->>CASE e.event_type WHEN 'TransferReceived' THEN 'payer_iban'
-                                          WHEN 'TransferReturned' THEN 'payee_iban' END,
-               e.data->>CASE e.event_type WHEN 'TransferReceived' THEN 'payer_bic'
-                                          WHEN 'TransferReturned' THEN 'payee_bic' END,
-               e.data->>CASE WHEN e.event_type = 'FundsDeposited' THEN 'reference' ELSE 'description' END,
-               (e.data->>'bulk_id')::uuid, (e.data->>'balance_after_cents')::bigint, e.recorded_at,
-               e.data->>'reason', e.data->>'end_to_end_id'
-        FROM events AS e
-        WHERE e.event_type IN ('FundsDeposited', 'TransferReceived', 'TransferReturned')
-          AND e.tx_id < below AND get_byte(uuid_send(e.stream_id), 15) % partitions = part
+                                 ELSE 'transfer_returned' END AS kind,
+               (e.single->>'amount_cents')::bigint AS amount_cents, e.single->>'currency' AS currency,
+               e.single->>CASE e.event_type WHEN 'TransferReceived' THEN 'payer_name'
+                                            WHEN 'TransferReturned' THEN 'payee_name' END AS counterparty_name,
+               e.single->>CASE e.event_type WHEN 'TransferReceived' THEN 'payer_iban'
+                                            WHEN 'TransferReturned' THEN 'payee_iban' END AS counterparty_iban,
+               e.single->>CASE e.event_type WHEN 'TransferReceived' THEN 'payer_bic'
+                                            WHEN 'TransferReturned' THEN 'payee_bic' END AS counterparty_bic,
+               e.single->>CASE WHEN e.event_type = 'FundsDeposited' THEN 'reference' ELSE 'description' END
+                   AS description,
+               (e.single->>'bulk_id')::uuid AS bulk_id,
+               (e.single->>'balance_after_cents')::bigint AS balance_after_cents,
+               e.single->>'reason' AS reason, e.single->>'end_to_end_id' AS end_to_end_id
+        WHERE e.event_type <> 'BulkTransferBooked'
         UNION ALL
-        SELECT b.stream_id, b.position, t.seq::integer, (t.item->>'transfer_id')::uuid, 'transfer',
+        -- A bulk's transfers, in request order: the balance after the i-th
+        -- is the balance before the bulk minus the transfers up to it.
+        SELECT t.seq::integer, (t.item->>'transfer_id')::uuid, 'transfer',
                -(t.item->>'amount_cents')::bigint, t.item->>'currency',
                t.item->>'counterparty_name', t.item->>'counterparty_iban',
-               t.item->>'counterparty_bic', t.item->>'description', b.bulk_id,
-               b.balance_before_cents - t.spent_cents, b.recorded_at, NULL, t.item->>'end_to_end_id'
+               t.item->>'counterparty_bic', t.item->>'description', e.bulk_id,
+               e.balance_before_cents - t.spent_cents, NULL, t.item->>'end_to_end_id'
         FROM (
-            SELECT e.stream_id, e.position, e.recorded_at,
-                   (e.data->>'bulk_id')::uuid AS bulk_id,
-                   (e.data->>'balance_after_cents')::bigint + (e.data->>'total_cents')::bigint
-                       AS balance_before_cents,
-                   e.data->'transfers' AS transfers
-            FROM events AS e
-            WHERE e.event_type = 'BulkTransferBooked'
-              AND e.tx_id < below AND get_byte(uuid_send(e.stream_id), 15) % partitions = part
-            OFFSET 0 -- each bulk's values read once, not once per transfer
-        ) AS b
-        CROSS JOIN LATERAL (
             SELECT items.item, items.seq,
                    sum((items.item->>'amount_cents')::bigint) OVER (ORDER BY items.seq) AS spent_cents
-            FROM jsonb_array_elements(b.transfers) WITH ORDINALITY AS items(item, seq)
+            FROM jsonb_array_elements(e.transfers) WITH ORDINALITY AS items(item, seq)
         ) AS t
-        RETURNING 1
-    )
-    SELECT count(*) FROM inserted
+        WHERE e.event_type = 'BulkTransferBooked'
+    ) AS r;
+    GET DIAGNOSTICS rows_written = ROW_COUNT;
+    RETURN rows_written;
+END;
 $$;
