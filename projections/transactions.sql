@@ -104,16 +104,20 @@ BEGIN
 END;
 $$;
 
--- A rebuild's first pass: the rows of the accounts in partition `part` of
--- `partitions` (by the stream id's last byte) from every event of the log
--- below `below`, straight from the table (no array of events), in one scan
--- of it. The same rows as `projection_transactions_apply`, spelled out again
+-- A rebuild's first pass: the rows of every event of the log below `below`
+-- stored in the events table's heap blocks `first_block` up to (not
+-- including) `end_block` (NULL: to the end), straight from the table (a TID
+-- range scan: side-by-side loads each read their own share of the table,
+-- not all of it; a row's values depend on its event alone), in one scan of
+-- it. The same rows as `projection_transactions_apply`, spelled out again
 -- for a scan: keep the two in step (the rebuild property test compares
 -- them). The table is empty and unindexed when this runs; later events go
 -- through the apply function. PL/pgSQL for its row count (GET DIAGNOSTICS):
 -- a data-modifying CTE with RETURNING would keep every row written only to
 -- count them.
-CREATE OR REPLACE FUNCTION projection_transactions_load(below xid8, partitions integer, part integer) RETURNS bigint
+DROP FUNCTION IF EXISTS projection_transactions_load(xid8, integer, integer);
+CREATE OR REPLACE FUNCTION projection_transactions_load(below xid8, first_block bigint, end_block bigint)
+RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     rows_written bigint;
@@ -136,8 +140,10 @@ BEGIN
                    AS balance_before_cents,
                CASE WHEN e.event_type = 'BulkTransferBooked' THEN e.data->'transfers' END AS transfers
         FROM events AS e
-        WHERE e.event_type IN ('FundsDeposited', 'TransferReceived', 'TransferReturned', 'BulkTransferBooked')
-          AND e.tx_id < below AND get_byte(uuid_send(e.stream_id), 15) % partitions = part
+        WHERE e.ctid >= format('(%s,0)', first_block)::tid
+          AND e.ctid < format('(%s,0)', coalesce(end_block, 4294967295))::tid
+          AND e.event_type IN ('FundsDeposited', 'TransferReceived', 'TransferReturned', 'BulkTransferBooked')
+          AND e.tx_id < below
         OFFSET 0
     ) AS e
     CROSS JOIN LATERAL (

@@ -48,6 +48,22 @@ pub struct Projection {
     /// (`projection_<name>_load_from_<that>`): it must come earlier in
     /// [`PROJECTIONS`].
     pub load_from: Option<&'static str>,
+    /// How a rebuild splits this projection's load between connections.
+    pub load_by: LoadBy,
+}
+
+/// How side-by-side connections share a projection's rebuild load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadBy {
+    /// Each takes the streams of one partition (by the stream id's last
+    /// byte): `projection_<name>_load(below, partitions, part)`. For rows
+    /// that depend on a stream's events together (an aggregate per account).
+    Streams,
+    /// Each takes a range of the events table's heap blocks:
+    /// `projection_<name>_load(below, first_block, end_block)`. For rows
+    /// that depend on their event alone; each connection reads only its
+    /// share of the table.
+    Blocks,
 }
 
 /// Every projection, in the order they are installed.
@@ -58,6 +74,7 @@ pub const PROJECTIONS: &[Projection] = &[
         tables: &["balances"],
         definition: include_str!("../../projections/balances.sql"),
         load_from: None,
+        load_by: LoadBy::Streams,
     },
     Projection {
         name: "transactions",
@@ -65,6 +82,7 @@ pub const PROJECTIONS: &[Projection] = &[
         tables: &["transactions"],
         definition: include_str!("../../projections/transactions.sql"),
         load_from: None,
+        load_by: LoadBy::Blocks,
     },
     Projection {
         name: "counterparties",
@@ -72,6 +90,7 @@ pub const PROJECTIONS: &[Projection] = &[
         tables: &["counterparties"],
         definition: include_str!("../../projections/counterparties.sql"),
         load_from: Some("transactions"),
+        load_by: LoadBy::Streams,
     },
 ];
 

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use sqlx::{Connection, PgConnection, PgPool};
 
-use super::{PROJECTIONS, Projection};
+use super::{LoadBy, PROJECTIONS, Projection};
 use crate::event_store::FeedCursor;
 
 /// Events per batch: large enough that per-statement costs vanish, small
@@ -67,6 +67,11 @@ pub struct RebuildReport {
 pub enum RebuildError {
     #[error("unknown projection {0:?} (known: balances, transactions, counterparties)")]
     UnknownProjection(String),
+    #[error(
+        "the events table was rewritten (VACUUM FULL or CLUSTER) while the rebuild read it; \
+         nothing was swapped in: run the rebuild again"
+    )]
+    EventsRewritten,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -170,6 +175,19 @@ fn load_parallelism() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
 }
 
+/// What makes a shadow table's indexes again after its load.
+struct TableIndexes<'t> {
+    table: &'t str,
+    /// Built by a helper connection: the indexes (those behind the primary
+    /// key and unique constraints too, as plain unique indexes: building
+    /// one takes a lock that lets the table be read meanwhile), then the
+    /// indexed columns' statistics.
+    statements: Vec<String>,
+    /// Run on the main connection once every load and index is committed:
+    /// the constraints, over their indexes.
+    constraints: Vec<String>,
+}
+
 /// Drops the (empty) shadow tables' primary keys, unique constraints and
 /// other indexes, and returns, per table, the statements that make them
 /// again: built once after the load rather than entry by entry during it.
@@ -179,14 +197,22 @@ async fn drop_indexes<'t>(
     connection: &mut PgConnection,
     schema: &str,
     tables: &[&'t str],
-) -> Result<Vec<(&'t str, Vec<String>)>, sqlx::Error> {
+) -> Result<Vec<TableIndexes<'t>>, sqlx::Error> {
     let mut per_table = Vec::new();
     for table in tables {
-        let mut recreate = Vec::new();
+        let mut recreate = TableIndexes {
+            table,
+            statements: Vec::new(),
+            constraints: Vec::new(),
+        };
         let qualified = format!("{schema}.{table}");
-        let constraints: Vec<(String, String)> = sqlx::query_as(
-            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
-             WHERE conrelid = $1::regclass AND contype IN ('p', 'u') ORDER BY contype, conname",
+        let constraints: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT conname::text, pg_get_indexdef(conindid), \
+                    CASE contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END \
+                    || CASE WHEN condeferrable THEN ' DEFERRABLE' ELSE '' END \
+                    || CASE WHEN condeferred THEN ' INITIALLY DEFERRED' ELSE '' END \
+             FROM pg_constraint WHERE conrelid = $1::regclass AND contype IN ('p', 'u') \
+             ORDER BY contype, conname",
         )
         .bind(&qualified)
         .fetch_all(&mut *connection)
@@ -201,23 +227,154 @@ async fn drop_indexes<'t>(
         .bind(&qualified)
         .fetch_all(&mut *connection)
         .await?;
-        for (name, definition) in constraints {
+        for (name, index, kind) in constraints {
             sqlx::raw_sql(&format!("ALTER TABLE {qualified} DROP CONSTRAINT \"{name}\""))
                 .execute(&mut *connection)
                 .await?;
-            recreate.push(format!(
-                "ALTER TABLE {qualified} ADD CONSTRAINT \"{name}\" {definition}"
+            recreate.statements.push(index);
+            recreate.constraints.push(format!(
+                "ALTER TABLE {qualified} ADD CONSTRAINT \"{name}\" {kind} USING INDEX \"{name}\""
             ));
         }
         for (name, definition) in others {
             sqlx::raw_sql(&format!("DROP INDEX {schema}.\"{name}\""))
                 .execute(&mut *connection)
                 .await?;
-            recreate.push(definition);
+            recreate.statements.push(definition);
         }
-        per_table.push((*table, recreate));
+        per_table.push(recreate);
     }
     Ok(per_table)
+}
+
+/// What every load job needs to know.
+struct LoadPlan<'a> {
+    schema: &'a str,
+    /// The horizon below which the loads read the log.
+    horizon: &'a str,
+    /// Parts each load is split into.
+    partitions: usize,
+    /// The events table's heap blocks when the horizon was taken.
+    blocks: i64,
+}
+
+/// One piece of a rebuild's set-based work, taken by whichever helper
+/// connection is free.
+enum Job<'a> {
+    /// Part `part` of a projection's load (of [`LoadPlan::partitions`]).
+    Load {
+        projection: &'static Projection,
+        part: usize,
+    },
+    /// A table's indexes, then its indexed columns' statistics.
+    Index(&'a TableIndexes<'a>),
+}
+
+impl Job<'_> {
+    async fn run(&self, helper: &mut PgConnection, plan: &LoadPlan<'_>, from: Option<&str>) -> Result<(), sqlx::Error> {
+        let schema = plan.schema;
+        match self {
+            Job::Load { projection, part } => {
+                let (partitions, part) = (plan.partitions as i32, *part as i32);
+                match (from, projection.load_by) {
+                    (Some(from), _) => {
+                        sqlx::query(&format!(
+                            "SELECT {schema}.projection_{}_load_from_{from}($1, $2)",
+                            projection.name
+                        ))
+                        .bind(partitions)
+                        .bind(part)
+                        .execute(&mut *helper)
+                        .await?
+                    }
+                    (None, LoadBy::Streams) => {
+                        sqlx::query(&format!(
+                            "SELECT {schema}.projection_{}_load($1::text::xid8, $2, $3)",
+                            projection.name
+                        ))
+                        .bind(plan.horizon)
+                        .bind(partitions)
+                        .bind(part)
+                        .execute(&mut *helper)
+                        .await?
+                    }
+                    (None, LoadBy::Blocks) => {
+                        // Equal ranges of blocks; the last one open-ended.
+                        let range = |part: i32| plan.blocks * i64::from(part) / i64::from(partitions);
+                        let end = (part + 1 < partitions).then(|| range(part + 1));
+                        sqlx::query(&format!(
+                            "SELECT {schema}.projection_{}_load($1::text::xid8, $2, $3)",
+                            projection.name
+                        ))
+                        .bind(plan.horizon)
+                        .bind(range(part))
+                        .bind(end)
+                        .execute(&mut *helper)
+                        .await?
+                    }
+                };
+            }
+            Job::Index(index) => {
+                for statement in &index.statements {
+                    sqlx::raw_sql(statement).execute(&mut *helper).await?;
+                }
+                // Statistics for the indexed columns, the ones plans depend
+                // on (all columns: ~1 s more per million rows of text);
+                // autovacuum's ANALYZE fills in the rest later.
+                let columns: String = sqlx::query_scalar(
+                    "SELECT string_agg(DISTINCT quote_ident(a.attname), ', ') FROM pg_index i \
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+                     WHERE i.indrelid = $1::regclass",
+                )
+                .bind(format!("{schema}.{}", index.table))
+                .fetch_optional(&mut *helper)
+                .await?
+                .flatten()
+                .unwrap_or_default();
+                let analyze = if columns.is_empty() {
+                    format!("ANALYZE {schema}.{}", index.table)
+                } else {
+                    format!("ANALYZE {schema}.{} ({columns})", index.table)
+                };
+                sqlx::raw_sql(&analyze).execute(&mut *helper).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `jobs` on the helper connections, each taking the next job as soon
+/// as it is free, in the exempt transactions [`begin_exempt`] opened; each
+/// commits when no job is left.
+async fn run_jobs(
+    helpers: &mut [PgConnection],
+    jobs: Vec<Job<'_>>,
+    plan: &LoadPlan<'_>,
+    selected: &[&'static Projection],
+) -> Result<(), sqlx::Error> {
+    let queue = std::sync::Mutex::new(std::collections::VecDeque::from(jobs));
+    let workers = helpers.iter_mut().map(|helper| {
+        let queue = &queue;
+        async move {
+            loop {
+                let Some(job) = queue.lock().expect("the job queue").pop_front() else {
+                    break;
+                };
+                // A projection loads from another only when both are
+                // rebuilt (the other's shadow table is then loaded).
+                let from = match &job {
+                    Job::Load { projection, .. } => projection
+                        .load_from
+                        .filter(|from| selected.iter().any(|p| p.name == *from)),
+                    Job::Index(_) => None,
+                };
+                job.run(&mut *helper, plan, from).await?;
+            }
+            sqlx::raw_sql("COMMIT").execute(&mut *helper).await?;
+            Ok::<_, sqlx::Error>(())
+        }
+    });
+    futures_util::future::try_join_all(workers).await.map(drop)
 }
 
 /// The statements that give a shadow table what its live twin has beyond
@@ -228,14 +385,17 @@ async fn drop_indexes<'t>(
 /// reads them. Changing the owner needs the rebuilding role to be a member
 /// of it (or a superuser); PostgreSQL refuses otherwise, with its reason,
 /// and the rebuild fails before the swap, the live tables untouched.
+/// Returns the index statements (built after the load) apart from the
+/// catalogue ones (owner, grants: run last, as they lock the table).
 async fn carried_over(
     connection: &mut PgConnection,
     schema: &str,
     home: &str,
     table: &str,
-) -> Result<Vec<String>, sqlx::Error> {
+) -> Result<(Vec<String>, Vec<String>), sqlx::Error> {
     let live = format!("{home}.{table}");
     let shadow = format!("{schema}.{table}");
+    let mut indexes = Vec::new();
     let mut statements = Vec::new();
     let extra: Vec<String> = sqlx::query_scalar(
         "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
@@ -252,7 +412,7 @@ async fn carried_over(
     .await?;
     for definition in extra {
         // `CREATE INDEX name ON <home>.<table> USING …`, onto the shadow.
-        statements.push(definition.replacen(&format!(" ON {live} "), &format!(" ON {shadow} "), 1));
+        indexes.push(definition.replacen(&format!(" ON {live} "), &format!(" ON {shadow} "), 1));
     }
     let owner: String =
         sqlx::query_scalar("SELECT quote_ident(relowner::regrole::text) FROM pg_class WHERE oid = $1::regclass")
@@ -274,7 +434,7 @@ async fn carried_over(
             if grantable { " WITH GRANT OPTION" } else { "" }
         ));
     }
-    Ok(statements)
+    Ok((indexes, statements))
 }
 
 async fn run(
@@ -321,12 +481,23 @@ async fn run(
         carried.push(carried_over(&mut *connection, schema, home, table).await?);
     }
     let mut indexes = drop_indexes(&mut *connection, schema, &tables).await?;
-    for ((_, statements), extra) in indexes.iter_mut().zip(carried) {
-        statements.extend(extra);
+    for (index, (extra, catalogue)) in indexes.iter_mut().zip(carried) {
+        index.statements.extend(extra);
+        index.constraints.extend(catalogue);
     }
     let horizon: String = sqlx::query_scalar("SELECT events_horizon()::text")
         .fetch_one(&mut *connection)
         .await?;
+    // Measured after the horizon: every event below it is in these blocks
+    // (the table only grows; its last range is open-ended anyway). The file
+    // node tells a rewrite of the table (VACUUM FULL, CLUSTER) that would
+    // move rows between ranges.
+    let (blocks, events_file): (i64, i64) = sqlx::query_as(
+        "SELECT pg_relation_size('events') / current_setting('block_size')::bigint, \
+                pg_relation_filenode('events')::bigint",
+    )
+    .fetch_one(&mut *connection)
+    .await?;
     let partitions = load_parallelism();
     let mut helpers = Vec::with_capacity(partitions);
     for _ in 0..partitions {
@@ -336,90 +507,46 @@ async fn run(
             .await?;
         helpers.push(helper);
     }
-    begin_exempt(&mut *connection, &mut helpers).await?;
-    let loads = helpers.iter_mut().enumerate().map(|(part, helper)| {
-        let horizon = horizon.as_str();
-        async move {
-            for projection in selected {
-                match projection
-                    .load_from
-                    .filter(|from| selected.iter().any(|p| p.name == *from))
-                {
-                    Some(from) => {
-                        sqlx::query(&format!(
-                            "SELECT {schema}.projection_{}_load_from_{from}($1, $2)",
-                            projection.name
-                        ))
-                        .bind(partitions as i32)
-                        .bind(part as i32)
-                        .execute(&mut *helper)
-                        .await?
-                    }
-                    None => {
-                        sqlx::query(&format!(
-                            "SELECT {schema}.projection_{}_load($1::text::xid8, $2, $3)",
-                            projection.name
-                        ))
-                        .bind(horizon)
-                        .bind(partitions as i32)
-                        .bind(part as i32)
-                        .execute(&mut *helper)
-                        .await?
-                    }
-                };
-            }
-            Ok::<_, sqlx::Error>(())
-        }
-    });
-    futures_util::future::try_join_all(loads).await?;
-    for helper in &mut helpers {
-        sqlx::raw_sql("COMMIT").execute(&mut *helper).await?;
+    let plan = LoadPlan {
+        schema,
+        horizon: &horizon,
+        partitions,
+        blocks,
+    };
+    // The loads other loads read from (the transactions rows, which the
+    // counterparties are aggregated from) go first and commit; then, side
+    // by side, their tables' indexes and every other load; then the
+    // remaining indexes. Each step's jobs go to whichever connection is
+    // free, the indexes first (one table's cannot be split).
+    let sources: Vec<&str> = selected
+        .iter()
+        .filter_map(|p| p.load_from.filter(|from| selected.iter().any(|q| q.name == *from)))
+        .collect();
+    let (first, rest): (Vec<&'static Projection>, Vec<&'static Projection>) =
+        selected.iter().partition(|p| sources.contains(&p.name));
+    let loads = |projections: &[&'static Projection]| -> Vec<Job<'_>> {
+        projections
+            .iter()
+            .flat_map(|&projection| (0..partitions).map(move |part| Job::Load { projection, part }))
+            .collect()
+    };
+    let index_jobs = |projections: &[&'static Projection]| -> Vec<Job<'_>> {
+        indexes
+            .iter()
+            .filter(|index| projections.iter().any(|p| p.tables.contains(&index.table)))
+            .map(Job::Index)
+            .collect()
+    };
+    let mut first_jobs = loads(&first);
+    let mut second_jobs = index_jobs(&first);
+    second_jobs.extend(loads(&rest));
+    if first_jobs.is_empty() {
+        first_jobs = std::mem::take(&mut second_jobs);
     }
-    phase("load");
     begin_exempt(&mut *connection, &mut helpers).await?;
-    // 2. The indexes, built once over the loaded rows (each table on a
-    //    connection of its own), and statistics for the planner: they move
-    //    with the tables at the swap.
-    let builds = helpers.iter_mut().enumerate().map(|(i, helper)| {
-        let mine: Vec<&(&str, Vec<String>)> = indexes.iter().skip(i).step_by(partitions).collect();
-        async move {
-            for (table, statements) in mine {
-                for statement in statements {
-                    sqlx::raw_sql(statement).execute(&mut *helper).await?;
-                }
-                // Statistics for the indexed columns, the ones plans depend
-                // on (all columns: ~1 s more per million rows of text);
-                // autovacuum's ANALYZE fills in the rest later.
-                let columns: String = sqlx::query_scalar(
-                    "SELECT string_agg(DISTINCT quote_ident(a.attname), ', ') FROM pg_index i \
-                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
-                     WHERE i.indrelid = $1::regclass",
-                )
-                .bind(format!("{schema}.{table}"))
-                .fetch_optional(&mut *helper)
-                .await?
-                .flatten()
-                .unwrap_or_default();
-                let analyze = if columns.is_empty() {
-                    format!("ANALYZE {schema}.{table}")
-                } else {
-                    format!("ANALYZE {schema}.{table} ({columns})")
-                };
-                sqlx::raw_sql(&analyze).execute(&mut *helper).await?;
-            }
-            Ok::<_, sqlx::Error>(())
-        }
-    });
-    let mut built = futures_util::future::try_join_all(builds).await.map(drop);
-    for mut helper in helpers {
-        if built.is_ok() {
-            built = sqlx::raw_sql("COMMIT").execute(&mut helper).await.map(drop);
-        }
-        let _ = helper.close().await;
-    }
-    built?;
-    phase("index");
-    let (loaded, last): (i64, Option<(i64, i64)>) = {
+    // Meanwhile, on the connection that would otherwise wait: how much the
+    // loads cover, and where the catch-up starts.
+    let below = async {
         let loaded: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE tx_id < $1::text::xid8")
             .bind(&horizon)
             .fetch_one(&mut *connection)
@@ -431,8 +558,34 @@ async fn run(
         .bind(&horizon)
         .fetch_optional(&mut *connection)
         .await?;
-        (loaded, last)
+        Ok::<_, sqlx::Error>((loaded, last))
     };
+    let ((loaded, last), ()) =
+        futures_util::future::try_join(below, run_jobs(&mut helpers, first_jobs, &plan, selected)).await?;
+    let rewritten: i64 = sqlx::query_scalar("SELECT pg_relation_filenode('events')::bigint")
+        .fetch_one(&mut *connection)
+        .await?;
+    if rewritten != events_file {
+        return Err(RebuildError::EventsRewritten);
+    }
+    phase("load");
+    for step in [second_jobs, index_jobs(&rest)] {
+        if !step.is_empty() {
+            begin_exempt(&mut *connection, &mut helpers).await?;
+            run_jobs(&mut helpers, step, &plan, selected).await?;
+        }
+    }
+    for helper in helpers {
+        let _ = helper.close().await;
+    }
+    // The primary keys and unique constraints, over the unique indexes
+    // built for them (a catalogue change: no scan).
+    for index in &indexes {
+        for statement in &index.constraints {
+            sqlx::raw_sql(statement).execute(&mut *connection).await?;
+        }
+    }
+    phase("index");
     done.events_done = loaded as u64;
     done.events_total = done.events_total.max(done.events_done);
     progress(done);

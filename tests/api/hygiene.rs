@@ -12,7 +12,7 @@ const REVIEWED: &[(&str, usize, &str)] = &[
     ("pg/cluster.rs", 1, "the configured database name, through quote_ident"),
     (
         "projections/rebuild.rs",
-        10,
+        11,
         "a generated schema name (rebuild_<uuid>), the schema events lives in (quote_ident), \
          registered projection and table names, and the shadow tables' own constraint, index and \
          column names and definitions, the live tables' extra index definitions, owner and grants, \
