@@ -5,19 +5,23 @@
 //!    search path).
 //! 2. Load everything below the horizon of finished transactions
 //!    set-based: each projection's `projection_<name>_load` function builds
-//!    its rows straight from the log (balances by aggregation), one
-//!    partition of the streams per connection, side by side, into tables
-//!    without indexes; then build the indexes and ANALYZE. No lock is held.
+//!    its rows straight from the log (balances by aggregation), split
+//!    between connections side by side (by stream partition, or by range
+//!    of the log's heap blocks: [`LoadBy`]), into tables without indexes;
+//!    then build the indexes and ANALYZE. The pieces are jobs taken by
+//!    whichever connection is free; a load that reads another's table
+//!    (counterparties from transactions) runs after it commits, beside its
+//!    index build. No lock is held.
 //! 3. Catch up with what was appended meanwhile in batches, in commit-safe
 //!    feed order, through the apply functions (the path the runner takes).
 //! 4. Swap: lock `events` against writers (readers go on), apply the last
 //!    few events, replace the live tables with the shadow ones, commit.
 //!    Writers wait only for this step.
 //!
-//! About 600 lines: the rebuild's steps (load, index, catch-up, swap,
+//! About 770 lines: the rebuild's steps (load jobs, index, catch-up, swap,
 //! analyze) share one connection, one shadow schema and one set of locks,
 //! and are read in order; the batch statement the runner shares with it
-//! lives here too.
+//! lives here too. (`RebuildReport`'s `f64`s are seconds, not money.)
 
 use std::time::Instant;
 
