@@ -1,23 +1,36 @@
-//! Group commit across accounts (DESIGN.md mechanisms 2 and 11).
+//! Group commit across accounts (DESIGN.md mechanisms 2 and 11), with
+//! pipelined batches.
 //!
-//! About 740 lines: the lanes, the leader's batch
-//! (take, decide, append, answer) and its retry on a conflict are one state
-//! machine, read best in one place.
-//!
-//! Accounts hash onto a few **lanes**. Commands queued on a lane while an
-//! append of it is in flight wait; when the append finishes, the next
-//! command's task becomes the lane's leader: it takes every queued command
-//! (within the bounds on commands, transfers and bytes), groups them by
-//! account, loads every account it has no state for in one query, decides
-//! each account's commands one after the other against its state in
-//! memory, and appends every account's events — and the idempotency keys —
-//! in **one statement, one transaction, one fsync**, each stream at its
-//! own expected version. Then it answers each caller with its own result:
-//! some 201, some 422 when the money ran out midway.
+//! Accounts hash onto a few **lanes**. Commands queued on a lane wait for
+//! its turn; the next command's task to get it becomes the lane's leader:
+//! it takes every queued command (within the bounds on commands, transfers
+//! and bytes), groups them by account, loads every account it has no state
+//! for in one query, decides each account's commands one after the other
+//! against its state in memory, and appends every account's events — and
+//! the idempotency keys — in **one statement, one transaction, one fsync**,
+//! each stream at its own expected version. Then it answers each caller
+//! with its own result: some 201, some 422 when the money ran out midway.
 //!
 //! Batches form by themselves under load and cost nothing without it: a
 //! lone command is a batch of one. Whether the load falls on one account
 //! or on a thousand, a batch is one round trip and one fsync.
+//!
+//! **Pipelining** (`pipeline_depth` batches of a lane in flight; 1 by
+//! default). The leader gives up the turn once its batch is decided, and
+//! the next leader decides the next batch on the states this one leaves
+//! (the lane's cache holds them, marked with the batch, a `pipeline::Link`,
+//! until it commits). Three rules keep that exact:
+//! - a batch's statement is sent only after the statement of the batch
+//!   before it has run, so row locks are taken in batch order and a batch
+//!   never waits for a later one (no wait between them PostgreSQL cannot
+//!   see);
+//! - a batch decided on states of batches still in flight (its *bases*)
+//!   runs in a transaction of its own and commits only after they have;
+//! - if one of them fails, it rolls back and every decision resting on the
+//!   failed batch is decided again (`tests/api/concurrency.rs`,
+//!   `a_batch_decided_on_one_in_flight_is_decided_again_when_that_one_fails`).
+//!
+//! No answer goes out before its batch's commit, and so before its bases'.
 //!
 //! A conflict (another process, or the posting process, appended to one of
 //! the streams) fails the statement; PostgreSQL names the stream, and only
@@ -28,10 +41,10 @@
 //! cancels neither its own command (once queued, it is decided exactly like
 //! the others) nor a batch it happens to lead.
 //!
-//! Over 500 lines (about 700), for now: the batch's decide-and-append loop
-//! and its retry rules (conflict, key taken, failure) read best side by
-//! side. The natural split, `decide_group` and the answer helpers into a
-//! `batch.rs` beside this file, is due with the next change here.
+//! About 800 lines: the lanes, the leader's batch (take, decide, append,
+//! answer) and its retries (conflict, key taken, a basis failed) are one
+//! state machine, read best in one place; how one account's commands are
+//! decided and answered is in `decision.rs`, the links in `pipeline.rs`.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -40,19 +53,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use serde_json::json;
 use sqlx::PgPool;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore, oneshot};
 use uuid::Uuid;
 
-use super::commands::{CommandKind, CommandView, Outcome, Render, decision_of, record_of};
-use super::idempotency::{self, IdempotencyKey, Recorded};
-use super::problems::{AppError, refusal_problem};
+use super::commands::{CommandKind, CommandView, Outcome, Render};
+use super::idempotency::{self, IdempotencyKey};
+use super::problems::AppError;
 use super::queries::load_accounts;
 use super::{CommandContext, account_id_for};
-use crate::domain::{self, Account, Command, Iban};
-use crate::event_store::{self, AppendError, IdempotencyRecord, NewEvent, StreamAppend, StreamHead};
+use crate::domain::{Account, Command, Iban};
+use crate::event_store::{self, AppendError, PreparedAppend, StreamAppend, StreamAppended, StreamHead};
 use crate::observability;
+
+mod decision;
+mod pipeline;
+
+use decision::{Decision, answer, decide_group, record_outcome, replay};
+use pipeline::{Link, Phase, Settle};
 
 /// What a caller waits for.
 type Answer = Result<Outcome<CommandView>, AppError>;
@@ -84,6 +102,12 @@ pub struct GroupCommitSettings {
     /// refused at once (503 `/problems/unavailable`, nothing done) instead
     /// of queued: a flood cannot grow the queue without bound.
     pub queued_commands_max: usize,
+    /// Batches of one lane in flight at once (pipelining): the next batch
+    /// is taken and decided — on the states the one before leaves — while
+    /// that one runs and commits; its statement runs after the other's, and
+    /// it commits only after the batches it was decided on have. 1: each
+    /// batch waits for the one before to finish.
+    pub pipeline_depth: usize,
 }
 
 impl Default for GroupCommitSettings {
@@ -95,6 +119,7 @@ impl Default for GroupCommitSettings {
             lanes: 1,
             batch_wait: Duration::from_micros(500),
             queued_commands_max: 10_000,
+            pipeline_depth: 1,
         }
     }
 }
@@ -140,30 +165,33 @@ struct Group {
     decision: Option<Decision>,
 }
 
-/// What a group's commands came to against one state of their account.
-struct Decision {
-    outcomes: Vec<Option<Answer>>,
-    events: Vec<NewEvent>,
-    /// Each appending command's last event, as an offset into `events`:
-    /// its position goes into the command's answer once appended.
-    last_events: Vec<Option<usize>>,
-    records: Vec<IdempotencyRecord>,
-    /// A repeated key within the group: (its command, the first one's).
-    repeats: Vec<(usize, usize)>,
-    /// The stream's head it was decided at, and the state it leaves.
+/// An account's state as a batch leaves it, for the next batch to decide
+/// on without a query.
+#[derive(Clone)]
+struct Cached {
+    account: Account,
     head: StreamHead,
-    state: Option<Account>,
+    /// The batch that leaves it so, while it may still fail.
+    by: Option<Arc<Link>>,
 }
 
 struct Lane {
     queue: std::sync::Mutex<Vec<Pending>>,
-    /// Held by the leader while it decides and appends a batch.
+    /// The lane's turn: held by the leader while it takes and decides a
+    /// batch, released once the batch is on its way.
     commit: Arc<tokio::sync::Mutex<()>>,
+    /// Batches of the lane in flight at most (`pipeline_depth`): taken
+    /// under the turn, kept until the batch is answered.
+    in_flight: Arc<Semaphore>,
+    /// The batch decided last (with events to append): the next batch's
+    /// statement is sent once this one's has run.
+    tail: std::sync::Mutex<Option<Arc<Link>>>,
     /// The state each account was left in by the last batch that touched
-    /// it, so the next batch need not load it. Only the leader (holding
-    /// `commit`) touches it. If another writer appended meanwhile, the
-    /// append's expected version fails and that account is reloaded.
-    cache: std::sync::Mutex<HashMap<Uuid, (Account, StreamHead)>>,
+    /// it, committed or in flight, so the next batch need not load it.
+    /// Touched under the turn, and by a batch that fails (which removes its
+    /// own entries). If another writer appended meanwhile, the append's
+    /// expected version fails and that account is reloaded.
+    cache: std::sync::Mutex<HashMap<Uuid, Cached>>,
     /// Whether the previous batch held more than one command.
     contended: std::sync::atomic::AtomicBool,
 }
@@ -182,6 +210,9 @@ pub(crate) struct GroupCommit {
     pub(crate) stats: GroupCommitStats,
 }
 
+/// A leader's hold on its lane: the turn, and a place in the pipeline.
+type Turn = (OwnedMutexGuard<()>, OwnedSemaphorePermit);
+
 impl GroupCommit {
     pub(crate) fn new(pool: PgPool, settings: GroupCommitSettings) -> GroupCommit {
         GroupCommit {
@@ -190,6 +221,8 @@ impl GroupCommit {
                 .map(|_| Lane {
                     queue: std::sync::Mutex::new(Vec::new()),
                     commit: Arc::new(tokio::sync::Mutex::new(())),
+                    in_flight: Arc::new(Semaphore::new(settings.pipeline_depth.max(1))),
+                    tail: std::sync::Mutex::new(None),
                     cache: std::sync::Mutex::new(HashMap::new()),
                     contended: std::sync::atomic::AtomicBool::new(false),
                 })
@@ -248,8 +281,8 @@ impl GroupCommit {
                     result = &mut outcome => {
                         return result.unwrap_or_else(|_| Err(AppError::Internal(anyhow::anyhow!("a batch ended without answering"))));
                     }
-                    _turn = commit.lock_owned() => {
-                        this.lead(index).await;
+                    turn = commit.lock_owned() => {
+                        this.lead(index, turn).await;
                     }
                 }
             }
@@ -258,10 +291,27 @@ impl GroupCommit {
             .unwrap_or_else(|error| Err(AppError::Internal(anyhow::anyhow!("command task failed: {error}"))))
     }
 
+    /// The lane's turn, then a place in its pipeline (always in that order,
+    /// so that no holder of a place ever waits for the turn).
+    async fn take_turn(&self, index: usize) -> Turn {
+        let lane = &self.lanes[index];
+        let turn = Arc::clone(&lane.commit).lock_owned().await;
+        let place = Arc::clone(&lane.in_flight)
+            .acquire_owned()
+            .await
+            .expect("the pipeline's semaphore is never closed");
+        (turn, place)
+    }
+
     /// Takes the lane's queued commands (within the bounds) and commits
     /// them in one batch.
-    async fn lead(&self, index: usize) {
+    async fn lead(&self, index: usize, turn: OwnedMutexGuard<()>) {
         let lane = &self.lanes[index];
+        // Waiting here for a place in the pipeline lets commands gather.
+        let place = Arc::clone(&lane.in_flight)
+            .acquire_owned()
+            .await
+            .expect("the pipeline's semaphore is never closed");
         if !self.settings.batch_wait.is_zero() && lane.contended.load(Ordering::Relaxed) {
             let queued = lane.queue.lock().expect("queue lock").len();
             if queued < self.settings.batch_commands_max {
@@ -303,24 +353,76 @@ impl GroupCommit {
             });
             groups[at].pending.push(pending);
         }
-        self.commit_batch(index, groups).await;
+        self.commit_batch(index, groups, Some((turn, place))).await;
     }
 
     /// Decides every group that has no decision yet, appends all of them in
     /// one statement, and answers; retries as the module comment says.
-    async fn commit_batch(&self, index: usize, mut groups: Vec<Group>) {
+    async fn commit_batch(&self, index: usize, mut groups: Vec<Group>, mut turn: Option<Turn>) {
         // Keys are first assumed new: the append's unique key on
         // idempotency_keys catches a repeat, and only then is the batch
         // decided again with its keys looked up. The common case costs one
         // statement per batch.
         let mut look_up_keys = false;
         let started = std::time::Instant::now();
+        let lane = &self.lanes[index];
         for attempt in 0..APPEND_ATTEMPTS_MAX {
+            let (turn, _place) = match turn.take() {
+                Some(turn) => turn,
+                None => self.take_turn(index).await,
+            };
             if let Err(error) = self.decide(index, &mut groups, look_up_keys).await {
+                drop(turn);
                 return self.fail(index, groups, error);
             }
-            match self.append(&mut groups).await {
-                Ok(()) => {
+            let link = Link::new();
+            let _settle = Settle(Arc::clone(&link));
+            let predecessor = lane.tail.lock().expect("tail lock").clone();
+            let result = {
+                let (indices, appends) = appends_of(&groups);
+                let prepared = PreparedAppend::new(&appends, Utc::now());
+                self.remember(index, &groups, &indices, prepared.heads(), &link);
+                if !indices.is_empty() {
+                    *lane.tail.lock().expect("tail lock") = Some(Arc::clone(&link));
+                }
+                // The next batch may now be taken and decided, on the
+                // states this one leaves.
+                drop(turn);
+                let mut bases: Vec<Arc<Link>> = Vec::new();
+                for basis in groups
+                    .iter()
+                    .filter_map(|g| g.decision.as_ref().and_then(|d| d.basis.clone()))
+                {
+                    if !bases.iter().any(|b| Arc::ptr_eq(b, &basis)) {
+                        bases.push(basis);
+                    }
+                }
+                self.execute(&prepared, predecessor.as_deref(), &bases, &link)
+                    .await
+                    .map(|appended| (indices, appended))
+            };
+            if result.is_err() {
+                link.set(Phase::Failed);
+                self.forget_by(index, &link);
+            }
+            match result {
+                Ok((indices, appended)) => {
+                    link.set(Phase::Committed);
+                    for (i, stream) in indices.into_iter().zip(appended) {
+                        let decision = groups[i].decision.as_mut().expect("decided");
+                        for (outcome, last) in decision.outcomes.iter_mut().zip(&decision.last_events) {
+                            if let (Some(Ok(Outcome { result: Ok(view), .. })), Some(last)) = (outcome, last)
+                                && let Some(position) = stream.positions.get(*last)
+                            {
+                                view.at_position(*position);
+                            }
+                        }
+                        for new in &decision.events {
+                            metrics::counter!(observability::EVENTS_APPENDED, "type" => new.event.event_type())
+                                .increment(1);
+                        }
+                        decision.head = stream.head;
+                    }
                     metrics::histogram!(observability::BATCH_DURATION).record(started.elapsed().as_secs_f64());
                     let size: u64 = groups.iter().map(|g| g.pending.len() as u64).sum();
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -331,11 +433,16 @@ impl GroupCommit {
                         .fetch_max(groups.len() as u64, Ordering::Relaxed);
                     metrics::histogram!(observability::BATCH_COMMANDS).record(size as f64);
                     metrics::histogram!(observability::BATCH_STREAMS).record(groups.len() as f64);
-                    self.remember(index, &groups);
                     for group in groups {
                         answer(group);
                     }
                     return;
+                }
+                Err(BatchError::Stale) => {
+                    // A batch this one was decided on did not commit:
+                    // every decision that rested on it is decided again
+                    // (`decide` finds them).
+                    tracing::debug!(attempt, "an earlier batch failed, deciding again");
                 }
                 Err(BatchError::Conflict(stream)) => {
                     self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -363,6 +470,7 @@ impl GroupCommit {
                     // commit the commands one by one, so only that one replays.
                     let ids: Vec<Uuid> = groups.iter().map(|g| g.account_id).collect();
                     self.forget(index, &ids);
+                    drop(_place);
                     for group in groups {
                         for pending in group.pending {
                             let single = vec![Group {
@@ -371,7 +479,7 @@ impl GroupCommit {
                                 pending: vec![pending],
                                 decision: None,
                             }];
-                            Box::pin(self.commit_batch(index, single)).await;
+                            Box::pin(self.commit_batch(index, single, None)).await;
                         }
                     }
                     return;
@@ -425,20 +533,41 @@ impl GroupCommit {
         }
     }
 
-    /// Decides the groups that have no decision: their accounts' states from
-    /// the lane's cache, or all of the missing ones in one query.
+    /// Decides the groups that have no decision (or one resting on a batch
+    /// that failed): their accounts' states from the lane's cache, or all
+    /// of the missing ones in one query.
     async fn decide(&self, index: usize, groups: &mut [Group], look_up_keys: bool) -> Result<(), AppError> {
+        for group in groups.iter_mut() {
+            if group
+                .decision
+                .as_ref()
+                .and_then(|d| d.basis.as_ref())
+                .is_some_and(|basis| basis.phase() == Phase::Failed)
+            {
+                group.decision = None;
+            }
+        }
         let undecided: Vec<usize> = (0..groups.len()).filter(|&i| groups[i].decision.is_none()).collect();
         if undecided.is_empty() {
             return Ok(());
         }
-        let mut states: HashMap<Uuid, (Account, StreamHead)> = {
-            let cache = self.lanes[index].cache.lock().expect("cache lock");
+        let mut states: HashMap<Uuid, (Account, StreamHead, Option<Arc<Link>>)> = {
+            let mut cache = self.lanes[index].cache.lock().expect("cache lock");
             undecided
                 .iter()
                 .filter_map(|&i| {
                     let id = groups[i].account_id;
-                    cache.get(&id).map(|state| (id, state.clone()))
+                    let cached = cache.get(&id)?.clone();
+                    let basis = match cached.by.as_ref().map(|by| by.phase()) {
+                        // What a failed batch left is not the account's state.
+                        Some(Phase::Failed) => {
+                            cache.remove(&id);
+                            return None;
+                        }
+                        Some(Phase::Committed) | None => None,
+                        Some(_) => cached.by,
+                    };
+                    Some((id, (cached.account, cached.head, basis)))
                 })
                 .collect()
         };
@@ -448,7 +577,12 @@ impl GroupCommit {
             .filter(|id| !states.contains_key(id))
             .collect();
         if !missing.is_empty() {
-            states.extend(load_accounts(&self.pool, &missing).await?);
+            states.extend(
+                load_accounts(&self.pool, &missing)
+                    .await?
+                    .into_iter()
+                    .map(|(id, (account, head))| (id, (account, head, None))),
+            );
         }
         let recorded = if look_up_keys {
             let keys: Vec<&IdempotencyKey> = undecided
@@ -466,79 +600,135 @@ impl GroupCommit {
         };
         for i in undecided {
             let group = &mut groups[i];
-            let (state, head) = match states.remove(&group.account_id) {
-                Some((account, head)) => (Some(account), head),
-                None => (None, StreamHead::EMPTY),
+            let (state, head, basis) = match states.remove(&group.account_id) {
+                Some((account, head, basis)) => (Some(account), head, basis),
+                None => (None, StreamHead::EMPTY, None),
             };
-            group.decision = Some(decide_group(&group.iban, &group.pending, state, head, &recorded));
+            let mut decision = decide_group(&group.iban, &group.pending, state, head, &recorded);
+            decision.basis = basis;
+            group.decision = Some(decision);
         }
         Ok(())
     }
 
-    /// Appends every group's events in one statement, on a connection
-    /// acquired apart from it (so that a failure to get one, with nothing
-    /// sent, is never taken for a connection lost in flight), and puts the
-    /// positions into the answers.
-    async fn append(&self, groups: &mut [Group]) -> Result<(), BatchError> {
-        let appends: Vec<(usize, StreamAppend<'_>)> = groups
-            .iter()
-            .enumerate()
-            .filter_map(|(i, group)| {
-                let decision = group.decision.as_ref().expect("decided");
-                (!decision.events.is_empty()).then_some((
-                    i,
-                    StreamAppend {
-                        stream_id: group.account_id,
-                        head: decision.head,
-                        events: &decision.events,
-                        records: &decision.records,
-                    },
-                ))
-            })
-            .collect();
-        if appends.is_empty() {
-            return Ok(());
-        }
-        // In stream order: batches of two servers that share streams then
-        // take their row locks in the same order, which keeps them from
-        // deadlocking on each other (a deadlock is still retried).
-        let mut appends = appends;
-        appends.sort_by_key(|(_, append)| append.stream_id);
-        let (indices, appends): (Vec<usize>, Vec<StreamAppend<'_>>) = appends.into_iter().unzip();
-        let mut connection = self.pool.acquire().await.map_err(AppError::from)?;
-        let sent = std::time::Instant::now();
-        let appended = event_store::append_many(&mut *connection, &appends, Utc::now()).await?;
-        metrics::histogram!(observability::BATCH_APPEND_DURATION).record(sent.elapsed().as_secs_f64());
-        drop(appends);
-        for (i, stream) in indices.into_iter().zip(appended) {
-            let decision = groups[i].decision.as_mut().expect("decided");
-            for (outcome, last) in decision.outcomes.iter_mut().zip(&decision.last_events) {
-                if let (Some(Ok(Outcome { result: Ok(view), .. })), Some(last)) = (outcome, last)
-                    && let Some(position) = stream.positions.get(*last)
-                {
-                    view.at_position(*position);
+    /// Runs a batch's one statement on a connection acquired apart from it
+    /// (so that a failure to get one, with nothing sent, is never taken for
+    /// a connection lost in flight): after the statement of the batch
+    /// before it (`predecessor`) has run, so that their row locks are
+    /// always taken in batch order and a batch never waits for a later one.
+    /// A batch decided on states that batches still in flight leave
+    /// (`bases`) runs in a transaction of its own and commits only after
+    /// they have; if one of them fails, it rolls back ([`BatchError::Stale`]).
+    async fn execute(
+        &self,
+        prepared: &PreparedAppend<'_>,
+        predecessor: Option<&Link>,
+        bases: &[Arc<Link>],
+        link: &Link,
+    ) -> Result<Vec<StreamAppended>, BatchError> {
+        let stale = || bases.iter().any(|basis| basis.phase() == Phase::Failed);
+        if prepared.heads().is_empty() {
+            // Nothing to append; its answers still rest on its bases.
+            link.set(Phase::Executed);
+            for basis in bases {
+                if !basis.committed().await {
+                    return Err(BatchError::Stale);
                 }
             }
-            for new in &decision.events {
-                metrics::counter!(observability::EVENTS_APPENDED, "type" => new.event.event_type()).increment(1);
-            }
-            decision.head = stream.head;
+            return Ok(Vec::new());
         }
-        Ok(())
+        let mut connection = self.pool.acquire().await.map_err(AppError::from)?;
+        if bases.is_empty() {
+            if let Some(predecessor) = predecessor {
+                predecessor.executed().await;
+            }
+            let sent = std::time::Instant::now();
+            let appended = prepared.execute(&mut *connection).await?;
+            metrics::histogram!(observability::BATCH_APPEND_DURATION).record(sent.elapsed().as_secs_f64());
+            return Ok(appended);
+        }
+        let mut transaction = sqlx::Connection::begin(&mut *connection)
+            .await
+            .map_err(AppError::from)?;
+        if let Some(predecessor) = predecessor {
+            predecessor.executed().await;
+        }
+        if stale() {
+            transaction.rollback().await.map_err(AppError::from)?;
+            return Err(BatchError::Stale);
+        }
+        let sent = std::time::Instant::now();
+        let appended = prepared.execute(&mut *transaction).await;
+        link.set(Phase::Executed);
+        let appended = match appended {
+            Ok(appended) => appended,
+            Err(error) => {
+                // Its locks go before its successors hear of the failure.
+                let _ = transaction.rollback().await;
+                return Err(error.into());
+            }
+        };
+        for basis in bases {
+            if !basis.committed().await {
+                transaction.rollback().await.map_err(AppError::from)?;
+                return Err(BatchError::Stale);
+            }
+        }
+        event_store::commit(transaction).await?;
+        metrics::histogram!(observability::BATCH_APPEND_DURATION).record(sent.elapsed().as_secs_f64());
+        Ok(appended)
     }
 
-    /// Keeps the states a committed batch left its accounts in.
-    fn remember(&self, index: usize, groups: &[Group]) {
+    /// Keeps the states a batch leaves its accounts in, marked with the
+    /// batch until it commits: the next batch may be decided on them while
+    /// this one is in flight.
+    fn remember(&self, index: usize, groups: &[Group], appending: &[usize], heads: &[StreamHead], link: &Arc<Link>) {
         let mut cache = self.lanes[index].cache.lock().expect("cache lock");
         if cache.len() + groups.len() > CACHE_MAX {
-            cache.clear();
+            // Keep what batches in flight leave: dropping it would only
+            // cost a conflict, but keeping it costs nothing.
+            cache.retain(|_, cached| {
+                cached
+                    .by
+                    .as_ref()
+                    .is_some_and(|by| matches!(by.phase(), Phase::Executing | Phase::Executed))
+            });
         }
-        for group in groups {
+        for (i, group) in groups.iter().enumerate() {
             let decision = group.decision.as_ref().expect("decided");
-            if let Some(account) = &decision.state {
-                cache.insert(group.account_id, (account.clone(), decision.head));
+            let Some(account) = &decision.state else { continue };
+            match appending.iter().position(|&a| a == i) {
+                Some(at) => {
+                    cache.insert(
+                        group.account_id,
+                        Cached {
+                            account: account.clone(),
+                            head: heads[at],
+                            by: Some(Arc::clone(link)),
+                        },
+                    );
+                }
+                // Nothing appended: the state it was decided on, if that
+                // is committed (else the entry already holds it).
+                None if decision.basis.is_none() => {
+                    cache.insert(
+                        group.account_id,
+                        Cached {
+                            account: account.clone(),
+                            head: decision.head,
+                            by: None,
+                        },
+                    );
+                }
+                None => {}
             }
         }
+    }
+
+    /// Drops what a failed batch left in the cache.
+    fn forget_by(&self, index: usize, link: &Arc<Link>) {
+        let mut cache = self.lanes[index].cache.lock().expect("cache lock");
+        cache.retain(|_, cached| !cached.by.as_ref().is_some_and(|by| Arc::ptr_eq(by, link)));
     }
 
     /// Drops cached states: the next batch loads those accounts afresh.
@@ -550,117 +740,29 @@ impl GroupCommit {
     }
 }
 
-/// Decides one account's commands one after the other against its state.
-fn decide_group(
-    iban: &Iban,
-    group: &[Pending],
-    mut state: Option<Account>,
-    head: StreamHead,
-    recorded: &HashMap<IdempotencyKey, Recorded>,
-) -> Decision {
-    let mut outcomes: Vec<Option<Answer>> = (0..group.len()).map(|_| None).collect();
-    let mut events: Vec<NewEvent> = Vec::new();
-    let mut last_events: Vec<Option<usize>> = vec![None; group.len()];
-    let mut records: Vec<IdempotencyRecord> = Vec::new();
-    // A key seen earlier in this group: (index of its first command, request hash).
-    let mut batch_keys: HashMap<&IdempotencyKey, (usize, [u8; 32])> = HashMap::new();
-    let mut repeats: Vec<(usize, usize)> = Vec::new();
-    for (index, pending) in group.iter().enumerate() {
-        if let Some((key, hash)) = &pending.idempotency {
-            if let Some(recorded) = recorded.get(key) {
-                outcomes[index] = Some(replay(CommandKind::of(&pending.command), recorded, hash));
-                continue;
-            }
-            if let Some((first, first_hash)) = batch_keys.get(key) {
-                if first_hash == hash {
-                    repeats.push((index, *first));
-                } else {
-                    outcomes[index] = Some(Err(idempotency::key_reused().into()));
-                }
-                continue;
-            }
-        }
-        let decided = match domain::decide(state.as_ref(), &pending.command) {
-            Ok(decided) => decided,
-            Err(refusal) => {
-                outcomes[index] = Some(Err(refusal_problem(&refusal, iban).into()));
-                continue;
-            }
-        };
-        let decision = match (pending.render)(state.as_ref(), &decided) {
-            Ok(decision) => decision,
-            Err(error) => {
-                outcomes[index] = Some(Err(error));
-                continue;
-            }
-        };
-        state = Some(domain::evolve(state.take(), &decided));
-        let (actor, api_key_id) = pending.ctx.principal.metadata();
-        let metadata = json!({
-            "request_id": pending.ctx.request_id,
-            "idempotency_key": pending.idempotency.as_ref().map(|(key, _)| key.as_str()),
-            "command": CommandKind::of(&pending.command).name(),
-            "actor": actor,
-            "api_key_id": api_key_id,
-        });
-        events.extend(decided.into_iter().map(|event| NewEvent {
-            event,
-            metadata: metadata.clone(),
-        }));
-        last_events[index] = events.len().checked_sub(1);
-        if let Some((key, hash)) = &pending.idempotency {
-            // Recorded only when a key may ask for it again.
-            let (status, body) = record_of(&decision);
-            records.push(IdempotencyRecord {
-                scope: key.scope().to_owned(),
-                key: key.as_str().to_owned(),
-                request_hash: *hash,
-                response_status: status,
-                response_body: body,
-                last_version: head.version + events.len() as i64,
-            });
-            batch_keys.insert(key, (index, *hash));
-        }
-        outcomes[index] = Some(Ok(Outcome {
-            result: decision,
-            replayed: false,
-        }));
-    }
-    Decision {
-        outcomes,
-        events,
-        last_events,
-        records,
-        repeats,
-        head,
-        state,
-    }
-}
-
-/// Answers every command of a committed group; a repeated key within it
-/// gets its first command's answer.
-fn answer(group: Group) {
-    let Decision {
-        mut outcomes, repeats, ..
-    } = group.decision.expect("decided");
-    for (index, first) in repeats {
-        outcomes[index] = Some(match &outcomes[first] {
-            Some(Ok(outcome)) => Ok(Outcome {
-                replayed: true,
-                ..outcome.clone()
-            }),
-            Some(Err(AppError::Client(problem))) => Err(AppError::Client(problem.clone())),
-            _ => Err(AppError::Internal(anyhow::anyhow!(
-                "the first command with this key failed"
-            ))),
-        });
-    }
-    for (pending, outcome) in group.pending.into_iter().zip(outcomes) {
-        let outcome = outcome.unwrap_or_else(|| Err(AppError::Internal(anyhow::anyhow!("command left undecided"))));
-        record_outcome(&pending.command, &outcome);
-        // The caller may be gone; its command stands either way.
-        let _ = pending.reply.send(outcome);
-    }
+/// The groups with events to append, and their appends, in stream order:
+/// batches of two servers that share streams then take their row locks in
+/// the same order, which keeps them from deadlocking on each other (a
+/// deadlock is still retried).
+fn appends_of(groups: &[Group]) -> (Vec<usize>, Vec<StreamAppend<'_>>) {
+    let mut appends: Vec<(usize, StreamAppend<'_>)> = groups
+        .iter()
+        .enumerate()
+        .filter_map(|(i, group)| {
+            let decision = group.decision.as_ref().expect("decided");
+            (!decision.events.is_empty()).then_some((
+                i,
+                StreamAppend {
+                    stream_id: group.account_id,
+                    head: decision.head,
+                    events: &decision.events,
+                    records: &decision.records,
+                },
+            ))
+        })
+        .collect();
+    appends.sort_by_key(|(_, append)| append.stream_id);
+    appends.into_iter().unzip()
 }
 
 /// A command's share of a batch's budgets: transfers (a bulk counts its
@@ -681,26 +783,6 @@ fn weight(command: &Command) -> (usize, usize) {
     }
 }
 
-/// Counts a command's outcome: accepted, replayed, refused (by problem
-/// type) or failed.
-fn record_outcome(command: &Command, outcome: &Answer) {
-    let outcome = match outcome {
-        Ok(outcome) if outcome.replayed => "replayed".to_owned(),
-        Ok(Outcome { result: Ok(_), .. }) => "accepted".to_owned(),
-        // A recorded refusal, by status (`refused_422`); one that records
-        // nothing, by problem type.
-        Ok(Outcome {
-            result: Err(problem), ..
-        }) => format!("refused_{}", problem.status()),
-        Err(AppError::Client(problem)) => format!("refused_{}", problem.kind.slug()),
-        Err(AppError::Unavailable(_)) => "unavailable".to_owned(),
-        Err(AppError::OutcomeUnknown(_)) => "outcome_unknown".to_owned(),
-        Err(AppError::Internal(_)) => "failed".to_owned(),
-    };
-    let command = CommandKind::of(command).name();
-    metrics::counter!(observability::COMMANDS, "command" => command, "outcome" => outcome).increment(1);
-}
-
 /// Why a batch did not commit.
 enum BatchError {
     /// Another writer appended to a stream (this one, when PostgreSQL says
@@ -708,6 +790,8 @@ enum BatchError {
     Conflict(Option<Uuid>),
     /// Another process recorded one of the batch's idempotency keys.
     KeyTaken,
+    /// A batch it was decided on did not commit: decide it again.
+    Stale,
     Failed(AppError),
 }
 
@@ -727,18 +811,5 @@ impl From<AppendError> for BatchError {
 impl From<AppError> for BatchError {
     fn from(error: AppError) -> BatchError {
         BatchError::Failed(error)
-    }
-}
-
-/// The recorded answer for a key, if the command is the one it was
-/// recorded for; else the key is being reused (409).
-fn replay(kind: CommandKind, recorded: &Recorded, hash: &[u8; 32]) -> Answer {
-    if recorded.request_hash == hash.as_slice() {
-        Ok(Outcome {
-            result: decision_of(kind, recorded.status, &recorded.body, recorded.position)?,
-            replayed: true,
-        })
-    } else {
-        Err(idempotency::key_reused().into())
     }
 }

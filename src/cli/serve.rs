@@ -80,6 +80,10 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "LEDGER_BATCH_WAIT_US", default_value_t = GroupCommitSettings::default().batch_wait.as_micros() as u64,
           value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     batch_wait_us: u64,
+    /// Group-commit batches of one lane in flight at once: the next is decided while the one before commits (1: one at a time).
+    #[arg(long, env = "LEDGER_BATCH_PIPELINE_DEPTH", default_value_t = GroupCommitSettings::default().pipeline_depth,
+          value_parser = clap::value_parser!(u32).range(1..=16).map(|n| n as usize))]
+    batch_pipeline_depth: usize,
     /// Streaming standbys that serve the queries (one URL or a comma-separated list); commands always go to DATABASE_URL.
     #[arg(long, env = "LEDGER_READ_DATABASE_URL", hide_env_values = true)]
     read_database_url: Option<String>,
@@ -145,6 +149,7 @@ pub(super) async fn run(
             lanes: args.batch_lanes,
             batch_wait: Duration::from_micros(args.batch_wait_us),
             queued_commands_max: args.queued_commands_max,
+            pipeline_depth: args.batch_pipeline_depth,
         },
         idempotency_ttl: Duration::from_secs(args.idempotency_ttl_hours * 3600),
         min_position_wait: Duration::from_millis(args.min_position_wait_ms),

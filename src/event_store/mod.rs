@@ -296,97 +296,146 @@ pub async fn append_many<'e, E: sqlx::PgExecutor<'e>>(
     appends: &[StreamAppend<'_>],
     recorded_at: DateTime<Utc>,
 ) -> Result<Vec<StreamAppended>, AppendError> {
-    // PostgreSQL keeps microseconds; hash exactly what will be stored.
-    let recorded_at = recorded_at.trunc_subsecs(6);
-    let events: usize = appends.iter().map(|a| a.events.len()).sum();
-    let records: usize = appends.iter().map(|a| a.records.len()).sum();
-    let mut streams = Vec::with_capacity(events);
-    let mut versions = Vec::with_capacity(events);
-    let mut types = Vec::with_capacity(events);
-    let mut schemas = Vec::with_capacity(events);
-    let mut payloads = Vec::with_capacity(events);
-    let mut metadatas = Vec::with_capacity(events);
-    let mut hashes = Vec::with_capacity(events);
-    let mut times = Vec::with_capacity(events);
-    let mut transfer_counts: Vec<Option<i32>> = Vec::with_capacity(events);
-    let mut heads = Vec::with_capacity(appends.len());
-    for append in appends {
-        let chained = chain(append.stream_id, append.head, append.events, recorded_at);
-        streams.extend(std::iter::repeat_n(append.stream_id, append.events.len()));
-        times.extend(std::iter::repeat_n(chained.recorded_at, append.events.len()));
-        transfer_counts.extend(append.events.iter().map(|new| match &new.event {
-            Event::BulkTransferBooked { transfers, .. } => i32::try_from(transfers.len()).ok(),
-            _ => None,
-        }));
-        versions.extend(chained.versions);
-        types.extend(chained.types);
-        schemas.extend(chained.schemas);
-        payloads.extend(chained.payloads);
-        metadatas.extend(chained.metadatas);
-        hashes.extend(chained.hashes);
-        heads.push(chained.head);
-    }
-    if streams.is_empty() {
-        return Ok(heads
-            .into_iter()
-            .map(|head| StreamAppended {
-                head,
-                positions: Vec::new(),
-            })
-            .collect());
-    }
-    let mut keys = IdempotencyColumns::with_capacity(records);
-    for append in appends {
-        for record in append.records {
-            keys.push(append.stream_id, record);
+    PreparedAppend::new(appends, recorded_at).execute(executor).await
+}
+
+/// An [`append_many`] made ready to send: every event's version and hash,
+/// the statement's columns, and each stream's head as it will be once the
+/// append commits — known before the statement runs, so that a writer can
+/// decide its next batch on those heads while this one is in flight.
+pub struct PreparedAppend<'a> {
+    stream_ids: Vec<Uuid>,
+    heads: Vec<StreamHead>,
+    streams: Vec<Uuid>,
+    versions: Vec<i64>,
+    types: Vec<&'static str>,
+    schemas: Vec<i32>,
+    payloads: Vec<Value>,
+    metadatas: Vec<&'a Value>,
+    hashes: Vec<Vec<u8>>,
+    times: Vec<DateTime<Utc>>,
+    transfer_counts: Vec<Option<i32>>,
+    keys: IdempotencyColumns<'a>,
+}
+
+impl<'a> PreparedAppend<'a> {
+    pub fn new(appends: &[StreamAppend<'a>], recorded_at: DateTime<Utc>) -> PreparedAppend<'a> {
+        // PostgreSQL keeps microseconds; hash exactly what will be stored.
+        let recorded_at = recorded_at.trunc_subsecs(6);
+        let events: usize = appends.iter().map(|a| a.events.len()).sum();
+        let records: usize = appends.iter().map(|a| a.records.len()).sum();
+        let mut prepared = PreparedAppend {
+            stream_ids: appends.iter().map(|a| a.stream_id).collect(),
+            heads: Vec::with_capacity(appends.len()),
+            streams: Vec::with_capacity(events),
+            versions: Vec::with_capacity(events),
+            types: Vec::with_capacity(events),
+            schemas: Vec::with_capacity(events),
+            payloads: Vec::with_capacity(events),
+            metadatas: Vec::with_capacity(events),
+            hashes: Vec::with_capacity(events),
+            times: Vec::with_capacity(events),
+            transfer_counts: Vec::with_capacity(events),
+            keys: IdempotencyColumns::with_capacity(records),
+        };
+        for append in appends {
+            let chained = chain(append.stream_id, append.head, append.events, recorded_at);
+            let n = append.events.len();
+            prepared.streams.extend(std::iter::repeat_n(append.stream_id, n));
+            prepared.times.extend(std::iter::repeat_n(chained.recorded_at, n));
+            prepared
+                .transfer_counts
+                .extend(append.events.iter().map(|new| match &new.event {
+                    Event::BulkTransferBooked { transfers, .. } => i32::try_from(transfers.len()).ok(),
+                    _ => None,
+                }));
+            prepared.versions.extend(chained.versions);
+            prepared.types.extend(chained.types);
+            prepared.schemas.extend(chained.schemas);
+            prepared.payloads.extend(chained.payloads);
+            prepared.metadatas.extend(chained.metadatas);
+            prepared.hashes.extend(chained.hashes);
+            prepared.heads.push(chained.head);
+            for record in append.records {
+                prepared.keys.push(append.stream_id, record);
+            }
         }
+        prepared
     }
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        positions: Option<Vec<i64>>,
-        streams: Option<Vec<Uuid>>,
-        versions: Option<Vec<i64>>,
+
+    /// Each stream's head once committed, in the order the appends came.
+    pub fn heads(&self) -> &[StreamHead] {
+        &self.heads
     }
-    let row: Row = sqlx::query_as(APPEND_MANY_SQL)
-        .bind(&streams)
-        .bind(&versions)
-        .bind(&types)
-        .bind(&schemas)
-        .bind(&payloads)
-        .bind(&metadatas)
-        .bind(&times)
-        .bind(&hashes)
-        .bind(&keys.scopes)
-        .bind(&keys.keys)
-        .bind(&keys.request_hashes)
-        .bind(&keys.streams)
-        .bind(&keys.statuses)
-        .bind(&keys.bodies)
-        .bind(&keys.last_versions)
-        .bind(&transfer_counts)
-        .fetch_one(executor)
-        .await
-        .map_err(classify)?;
-    // Each stream's positions, in version order (the rows come sorted by
-    // stream, then version).
-    let mut positions: HashMap<Uuid, Vec<i64>> = HashMap::with_capacity(appends.len());
-    for ((stream, _version), position) in row
-        .streams
-        .unwrap_or_default()
-        .into_iter()
-        .zip(row.versions.unwrap_or_default())
-        .zip(row.positions.unwrap_or_default())
-    {
-        positions.entry(stream).or_default().push(position);
+
+    /// Sends the one statement (in the executor's transaction, or as one of
+    /// its own).
+    pub async fn execute<'e, E: sqlx::PgExecutor<'e>>(&self, executor: E) -> Result<Vec<StreamAppended>, AppendError> {
+        if self.streams.is_empty() {
+            return Ok(self
+                .heads
+                .iter()
+                .map(|head| StreamAppended {
+                    head: *head,
+                    positions: Vec::new(),
+                })
+                .collect());
+        }
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            positions: Option<Vec<i64>>,
+            streams: Option<Vec<Uuid>>,
+            versions: Option<Vec<i64>>,
+        }
+        let keys = &self.keys;
+        let row: Row = sqlx::query_as(APPEND_MANY_SQL)
+            .bind(&self.streams)
+            .bind(&self.versions)
+            .bind(&self.types)
+            .bind(&self.schemas)
+            .bind(&self.payloads)
+            .bind(&self.metadatas)
+            .bind(&self.times)
+            .bind(&self.hashes)
+            .bind(&keys.scopes)
+            .bind(&keys.keys)
+            .bind(&keys.request_hashes)
+            .bind(&keys.streams)
+            .bind(&keys.statuses)
+            .bind(&keys.bodies)
+            .bind(&keys.last_versions)
+            .bind(&self.transfer_counts)
+            .fetch_one(executor)
+            .await
+            .map_err(classify)?;
+        // Each stream's positions, in version order (the rows come sorted by
+        // stream, then version).
+        let mut positions: HashMap<Uuid, Vec<i64>> = HashMap::with_capacity(self.stream_ids.len());
+        for ((stream, _version), position) in row
+            .streams
+            .unwrap_or_default()
+            .into_iter()
+            .zip(row.versions.unwrap_or_default())
+            .zip(row.positions.unwrap_or_default())
+        {
+            positions.entry(stream).or_default().push(position);
+        }
+        Ok(self
+            .stream_ids
+            .iter()
+            .zip(&self.heads)
+            .map(|(stream_id, head)| StreamAppended {
+                head: *head,
+                positions: positions.remove(stream_id).unwrap_or_default(),
+            })
+            .collect())
     }
-    Ok(appends
-        .iter()
-        .zip(heads)
-        .map(|(append, head)| StreamAppended {
-            head,
-            positions: positions.remove(&append.stream_id).unwrap_or_default(),
-        })
-        .collect())
+}
+
+/// Commits a transaction that holds an append: a connection lost while
+/// the COMMIT was in flight is [`AppendError::OutcomeUnknown`].
+pub async fn commit(transaction: sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), AppendError> {
+    transaction.commit().await.map_err(classify)
 }
 
 /// The idempotency records of an append, as the statement's arrays.

@@ -279,6 +279,11 @@ async fn a_conflict_on_one_account_of_a_batch_fails_none_of_the_others() {
 /// to both servers at the same moment with the same `Idempotency-Key` (a
 /// client retrying on the other server). Each key is booked exactly once,
 /// both answers to it agree, and every balance and stream is exact.
+/// FIXME: with one of the servers pipelining (`LEDGER_BATCH_PIPELINE_DEPTH=2`)
+/// this failed 2 runs in ~14: the other server answered one command 500
+/// (not yet diagnosed; suspected: its appends to the hot account lose every
+/// race against the pipelined server's uncommitted next batch until its 64
+/// attempts run out). Pipelining stays off by default until that is fixed.
 #[tokio::test]
 async fn a_hot_account_and_many_others_on_two_servers_stay_exact_and_each_key_books_once() {
     let db = TestDb::new().await;
@@ -395,4 +400,105 @@ async fn a_hot_account_and_many_others_on_two_servers_stay_exact_and_each_key_bo
     .unwrap();
     assert_eq!(gaps, 0, "every stream is gapless");
     pool.close().await;
+}
+
+/// Pipelining: a batch decided on the state an earlier batch in flight
+/// leaves commits only if that batch does. Here the earlier batch (a
+/// deposit of 10.00) is held in its statement by a lock on the account's
+/// projection row and then cancelled; the later one (a deposit of 20.00),
+/// decided on the first one's outcome and already waiting behind it, must
+/// roll back and be decided again on what the database holds. Had it
+/// committed as decided, the stream would have a gap (versions 1, 2, 4)
+/// and the balance would count the cancelled deposit.
+#[tokio::test]
+async fn a_batch_decided_on_one_in_flight_is_decided_again_when_that_one_fails() {
+    let mut settings = seed_settings();
+    settings.group_commit.lanes = 1;
+    settings.group_commit.pipeline_depth = 2;
+    settings.group_commit.batch_wait = std::time::Duration::ZERO;
+    let app = TestApp::spawn_with(settings).await;
+    let iban = iban_of(77);
+    open_funded(&app, &iban, "Pipeline GmbH", "100.00").await;
+
+    // Hold the account's projection row: the next append blocks on it.
+    let mut holder = app.pool.acquire().await.unwrap();
+    sqlx::query("BEGIN").execute(&mut *holder).await.unwrap();
+    let holder_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    sqlx::query("SELECT 1 FROM balances WHERE iban = $1 FOR UPDATE")
+        .bind(&iban)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let deposit = |amount: &str| {
+        app.client
+            .post(app.url(&format!("/v1/accounts/{iban}/deposits")))
+            .json(&serde_json::json!({"amount": amount}))
+            .send()
+    };
+    let first = tokio::spawn(deposit("10.00"));
+    let blocked: i32 = wait_for_backend(
+        &app.pool,
+        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO events%'",
+    )
+    .await;
+    let second = tokio::spawn(deposit("20.00"));
+    // The second batch has begun its transaction and waits for the first
+    // one's statement to finish.
+    let _: i32 = wait_for_backend(
+        &app.pool,
+        &format!(
+            "SELECT pid FROM pg_stat_activity WHERE state = 'idle in transaction' AND pid <> {holder_pid} \
+             AND datname = current_database()"
+        ),
+    )
+    .await;
+    let cancelled: bool = sqlx::query_scalar("SELECT pg_cancel_backend($1)")
+        .bind(blocked)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(cancelled);
+    sqlx::query("COMMIT").execute(&mut *holder).await.unwrap();
+
+    let first = first.await.unwrap().unwrap();
+    assert_ne!(first.status(), 201, "the cancelled batch booked nothing");
+    let second = second.await.unwrap().unwrap();
+    let status = second.status();
+    let body: serde_json::Value = second.json().await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        app.balance_cents(&iban).await,
+        12_000,
+        "100.00 + 20.00; the cancelled 10.00 is not there"
+    );
+    let versions: Vec<i64> = sqlx::query_scalar(
+        "SELECT version FROM events WHERE stream_id = (SELECT account_id FROM balances WHERE iban = $1) ORDER BY version",
+    )
+    .bind(&iban)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(versions, vec![1, 2, 3], "open, the first deposit, the 20.00");
+    let account_id: uuid::Uuid = sqlx::query_scalar("SELECT account_id FROM balances WHERE iban = $1")
+        .bind(&iban)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let audit = ledger::audit::audit_stream(&app.pool, account_id).await.unwrap();
+    assert!(audit.chain_valid && audit.consistent, "{audit:?}");
+}
+
+/// Polls until `sql` finds a backend, and returns its pid.
+async fn wait_for_backend(pool: &sqlx::PgPool, sql: &str) -> i32 {
+    for _ in 0..500 {
+        if let Some(pid) = sqlx::query_scalar::<_, i32>(sql).fetch_optional(pool).await.unwrap() {
+            return pid;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("no backend found by {sql}");
 }
