@@ -9,7 +9,7 @@
 //! inline projections to exactly those rows, and records the idempotency
 //! key — so either all of it commits, with one fsync, or none of it does.
 //!
-//! A little over 500 lines: the append (one statement for many streams),
+//! About 550 lines: the append (prepared, then one statement for many streams),
 //! its hash chain and its errors are one contract, read together.
 
 mod feed;
@@ -176,65 +176,6 @@ pub async fn append<'e, E: sqlx::PgExecutor<'e>>(
     })
 }
 
-/// One stream's events ready for the `events` table: versions after the
-/// head, and hashes chained from it.
-struct Chained<'a> {
-    /// The stream's events' recorded time: the batch's, or its head's.
-    recorded_at: DateTime<Utc>,
-    versions: Vec<i64>,
-    types: Vec<&'static str>,
-    schemas: Vec<i32>,
-    payloads: Vec<Value>,
-    metadatas: Vec<&'a Value>,
-    hashes: Vec<Vec<u8>>,
-    head: StreamHead,
-}
-
-fn chain<'a>(stream_id: Uuid, head: StreamHead, events: &'a [NewEvent], recorded_at: DateTime<Utc>) -> Chained<'a> {
-    // Never before the stream's head (see `StreamHead::recorded_at`).
-    let recorded_at = head.recorded_at.map_or(recorded_at, |at| at.max(recorded_at));
-    let mut chained = Chained {
-        recorded_at,
-        versions: Vec::with_capacity(events.len()),
-        types: Vec::with_capacity(events.len()),
-        schemas: Vec::with_capacity(events.len()),
-        payloads: Vec::with_capacity(events.len()),
-        metadatas: Vec::with_capacity(events.len()),
-        hashes: Vec::with_capacity(events.len()),
-        head,
-    };
-    let mut previous = head.hash;
-    for (offset, new) in events.iter().enumerate() {
-        let version = head.version + 1 + offset as i64;
-        let data = new.event.data();
-        let hash = event_hash(
-            &previous,
-            &HashInput {
-                stream_id,
-                version,
-                event_type: new.event.event_type(),
-                schema_version: Event::SCHEMA_VERSION,
-                recorded_at,
-                data: &data,
-                metadata: &new.metadata,
-            },
-        );
-        previous = hash;
-        chained.versions.push(version);
-        chained.types.push(new.event.event_type());
-        chained.schemas.push(Event::SCHEMA_VERSION);
-        chained.payloads.push(data);
-        chained.metadatas.push(&new.metadata);
-        chained.hashes.push(hash.to_vec());
-    }
-    chained.head = StreamHead {
-        version: head.version + events.len() as i64,
-        hash: previous,
-        recorded_at: Some(recorded_at),
-    };
-    chained
-}
-
 /// The events of one stream in an [`append_many`].
 pub struct StreamAppend<'a> {
     pub stream_id: Uuid,
@@ -339,28 +280,54 @@ impl<'a> PreparedAppend<'a> {
             keys: IdempotencyColumns::with_capacity(records),
         };
         for append in appends {
-            let chained = chain(append.stream_id, append.head, append.events, recorded_at);
-            let n = append.events.len();
-            prepared.streams.extend(std::iter::repeat_n(append.stream_id, n));
-            prepared.times.extend(std::iter::repeat_n(chained.recorded_at, n));
-            prepared
-                .transfer_counts
-                .extend(append.events.iter().map(|new| match &new.event {
-                    Event::BulkTransferBooked { transfers, .. } => i32::try_from(transfers.len()).ok(),
-                    _ => None,
-                }));
-            prepared.versions.extend(chained.versions);
-            prepared.types.extend(chained.types);
-            prepared.schemas.extend(chained.schemas);
-            prepared.payloads.extend(chained.payloads);
-            prepared.metadatas.extend(chained.metadatas);
-            prepared.hashes.extend(chained.hashes);
-            prepared.heads.push(chained.head);
-            for record in append.records {
-                prepared.keys.push(append.stream_id, record);
-            }
+            prepared.push_stream(append, recorded_at);
         }
         prepared
+    }
+
+    /// One stream's events: versions after its head, hashes chained from
+    /// it, and the head they leave.
+    fn push_stream(&mut self, append: &StreamAppend<'a>, recorded_at: DateTime<Utc>) {
+        // Never before the stream's head (see `StreamHead::recorded_at`).
+        let recorded_at = append.head.recorded_at.map_or(recorded_at, |at| at.max(recorded_at));
+        let mut previous = append.head.hash;
+        for (offset, new) in append.events.iter().enumerate() {
+            let version = append.head.version + 1 + offset as i64;
+            let data = new.event.data();
+            let hash = event_hash(
+                &previous,
+                &HashInput {
+                    stream_id: append.stream_id,
+                    version,
+                    event_type: new.event.event_type(),
+                    schema_version: Event::SCHEMA_VERSION,
+                    recorded_at,
+                    data: &data,
+                    metadata: &new.metadata,
+                },
+            );
+            previous = hash;
+            self.streams.push(append.stream_id);
+            self.versions.push(version);
+            self.types.push(new.event.event_type());
+            self.schemas.push(Event::SCHEMA_VERSION);
+            self.payloads.push(data);
+            self.metadatas.push(&new.metadata);
+            self.hashes.push(hash.to_vec());
+            self.times.push(recorded_at);
+            self.transfer_counts.push(match &new.event {
+                Event::BulkTransferBooked { transfers, .. } => i32::try_from(transfers.len()).ok(),
+                _ => None,
+            });
+        }
+        self.heads.push(StreamHead {
+            version: append.head.version + append.events.len() as i64,
+            hash: previous,
+            recorded_at: Some(recorded_at),
+        });
+        for record in append.records {
+            self.keys.push(append.stream_id, record);
+        }
     }
 
     /// Each stream's head once committed, in the order the appends came.
