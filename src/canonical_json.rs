@@ -20,23 +20,13 @@ pub fn canonical_json(value: &Value, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                // Writing a string into a Vec cannot fail.
-                serde_json::to_writer(&mut *out, key).expect("write to Vec");
+                string(out, key);
                 out.push(b':');
                 canonical_json(item, out);
             }
             out.push(b'}');
         }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                canonical_json(item, out);
-            }
-            out.push(b']');
-        }
+        Value::Array(items) => array(out, items, |out, item| canonical_json(item, out)),
         scalar => serde_json::to_writer(&mut *out, scalar).expect("write to Vec"),
     }
 }
@@ -46,6 +36,85 @@ pub fn digest(value: &Value) -> [u8; 32] {
     let mut buffer = Vec::with_capacity(256);
     canonical_json(value, &mut buffer);
     Sha256::digest(&buffer).into()
+}
+
+/// Writes one canonical JSON object straight from typed values, with no
+/// [`Value`] built on the way: the same bytes as [`canonical_json`] of the
+/// equivalent document, provided members are written in byte order of
+/// their keys (checked in debug builds). For the fingerprints of large
+/// commands, where building and dropping a `Value` per transfer cost more
+/// than the rest of the digest.
+pub struct ObjectWriter<'a> {
+    out: &'a mut Vec<u8>,
+    last_key: Option<&'static str>,
+}
+
+impl<'a> ObjectWriter<'a> {
+    pub fn begin(out: &'a mut Vec<u8>) -> ObjectWriter<'a> {
+        out.push(b'{');
+        ObjectWriter { out, last_key: None }
+    }
+
+    fn key(&mut self, key: &'static str) -> &mut Vec<u8> {
+        debug_assert!(
+            self.last_key.is_none_or(|last| last.as_bytes() < key.as_bytes()),
+            "canonical JSON: key {key:?} written after {:?}",
+            self.last_key
+        );
+        if self.last_key.is_some() {
+            self.out.push(b',');
+        }
+        self.last_key = Some(key);
+        string(self.out, key);
+        self.out.push(b':');
+        self.out
+    }
+
+    pub fn str(&mut self, key: &'static str, value: &str) {
+        let out = self.key(key);
+        string(out, value);
+    }
+
+    /// `null` when `None`, as `json!` writes an `Option`.
+    pub fn opt_str(&mut self, key: &'static str, value: Option<&str>) {
+        let out = self.key(key);
+        match value {
+            Some(value) => string(out, value),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+
+    pub fn int(&mut self, key: &'static str, value: i64) {
+        let out = self.key(key);
+        // Writing into a Vec cannot fail.
+        serde_json::to_writer(&mut *out, &value).expect("write to Vec");
+    }
+
+    /// A member whose value the caller writes (canonically) into the buffer.
+    pub fn nested(&mut self, key: &'static str, write: impl FnOnce(&mut Vec<u8>)) {
+        write(self.key(key));
+    }
+
+    pub fn end(self) {
+        self.out.push(b'}');
+    }
+}
+
+/// Writes canonical JSON arrays of items written by `write`.
+pub fn array<T>(out: &mut Vec<u8>, items: &[T], mut write: impl FnMut(&mut Vec<u8>, &T)) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(out, item);
+    }
+    out.push(b']');
+}
+
+fn string(out: &mut Vec<u8>, value: &str) {
+    // Writing a string into a Vec cannot fail.
+    serde_json::to_writer(&mut *out, value).expect("write to Vec");
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::domain::Event;
 pub use feed::{FeedCursor, FeedEntry, FeedEvent, PAGE_BYTES, read_feed, read_feed_for};
-use hash::{HashInput, event_hash};
+use hash::{HashInput, canonical, event_hash};
 
 /// An event to append, with who asked for it.
 #[derive(Debug, Clone)]
@@ -120,6 +120,7 @@ impl StoredEvent {
 
     /// Recomputes this event's hash from its content and `previous`.
     pub fn computed_hash(&self, previous: &[u8; 32]) -> [u8; 32] {
+        let (data, metadata) = (canonical(&self.data), canonical(&self.metadata));
         event_hash(
             previous,
             &HashInput {
@@ -128,8 +129,8 @@ impl StoredEvent {
                 event_type: &self.event_type,
                 schema_version: self.schema_version,
                 recorded_at: self.recorded_at,
-                data: &self.data,
-                metadata: &self.metadata,
+                data: data.as_bytes(),
+                metadata: metadata.as_bytes(),
             },
         )
     }
@@ -199,8 +200,8 @@ const APPEND_MANY_SQL: &str = r#"
 WITH ins AS (
     INSERT INTO events (stream_id, version, event_type, schema_version, data, metadata, recorded_at, hash,
                         transfer_count)
-    SELECT st, v, t, s, d, m, r, h, n
-    FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[], $7::timestamptz[],
+    SELECT st, v, t, s, d::jsonb, m::jsonb, r, h, n
+    FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[], $7::timestamptz[],
                 $8::bytea[], $16::int[])
          AS u(st, v, t, s, d, m, r, h, n)
     RETURNING *
@@ -251,8 +252,10 @@ pub struct PreparedAppend<'a> {
     versions: Vec<i64>,
     types: Vec<&'static str>,
     schemas: Vec<i32>,
-    payloads: Vec<Value>,
-    metadatas: Vec<&'a Value>,
+    /// Each event's payload and metadata in canonical JSON: hashed, and
+    /// sent as the text PostgreSQL stores as `jsonb` (one serialisation).
+    payloads: Vec<String>,
+    metadatas: Vec<String>,
     hashes: Vec<Vec<u8>>,
     times: Vec<DateTime<Utc>>,
     transfer_counts: Vec<Option<i32>>,
@@ -293,7 +296,8 @@ impl<'a> PreparedAppend<'a> {
         let mut previous = append.head.hash;
         for (offset, new) in append.events.iter().enumerate() {
             let version = append.head.version + 1 + offset as i64;
-            let data = new.event.data();
+            let data = canonical(&new.event.data());
+            let metadata = canonical(&new.metadata);
             let hash = event_hash(
                 &previous,
                 &HashInput {
@@ -302,8 +306,8 @@ impl<'a> PreparedAppend<'a> {
                     event_type: new.event.event_type(),
                     schema_version: Event::SCHEMA_VERSION,
                     recorded_at,
-                    data: &data,
-                    metadata: &new.metadata,
+                    data: data.as_bytes(),
+                    metadata: metadata.as_bytes(),
                 },
             );
             previous = hash;
@@ -312,7 +316,7 @@ impl<'a> PreparedAppend<'a> {
             self.types.push(new.event.event_type());
             self.schemas.push(Event::SCHEMA_VERSION);
             self.payloads.push(data);
-            self.metadatas.push(&new.metadata);
+            self.metadatas.push(metadata);
             self.hashes.push(hash.to_vec());
             self.times.push(recorded_at);
             self.transfer_counts.push(match &new.event {
