@@ -52,19 +52,27 @@ BEGIN
         CROSS JOIN LATERAL jsonb_array_elements(e.data->'transfers') WITH ORDINALITY AS t(item, seq)
         WHERE e.event_type = 'BulkTransferBooked'
     ), per_payee AS (
-        SELECT account_id, counterparty_iban,
-               (array_agg(counterparty_name ORDER BY position DESC, seq DESC))[1] AS counterparty_name,
-               (array_agg(currency ORDER BY position DESC, seq DESC))[1] AS currency,
-               count(*) AS transfers, sum(amount_cents) AS total_cents,
-               max(position) AS last_position, max(recorded_at) AS last_paid_at
+        SELECT account_id, counterparty_iban, count(*) AS transfers, sum(amount_cents) AS total_cents,
+               max(ARRAY[position, seq]) AS latest, max(recorded_at) AS last_paid_at
         FROM paid
         GROUP BY account_id, counterparty_iban
+    ), named AS (
+        -- The name and currency of each payee's latest transfer in the batch
+        -- (by position, then order in the bulk; the pair is unique), found
+        -- by joining that transfer back rather than by sorting every
+        -- transfer of the batch per payee (two ordered array_aggs took
+        -- about two thirds of this function's time on a payroll of bulks).
+        SELECT p.account_id, p.counterparty_iban, q.counterparty_name, p.transfers, p.total_cents, q.currency,
+               p.latest[1] AS last_position, p.last_paid_at
+        FROM per_payee AS p
+        JOIN paid AS q ON q.account_id = p.account_id AND q.counterparty_iban = p.counterparty_iban
+                      AND q.position = p.latest[1] AND q.seq = p.latest[2]
     ), upserted AS (
         INSERT INTO counterparties AS c (account_id, counterparty_iban, counterparty_name, transfers, total_cents,
                                          currency, last_position, last_paid_at)
         SELECT account_id, counterparty_iban, counterparty_name, transfers, total_cents, currency,
                last_position, last_paid_at
-        FROM per_payee
+        FROM named
         ON CONFLICT (account_id, counterparty_iban) DO UPDATE
         SET counterparty_name = excluded.counterparty_name,
             transfers = c.transfers + excluded.transfers,
