@@ -1,5 +1,9 @@
 //! Request bodies, parsed into commands. Every invalid field is reported at
 //! once, by its JSON path, so a client fixes a payroll file in one go.
+//!
+//! About 550 lines, a fifth of them tests: the parsers, their fingerprints
+//! and the tests that pin both (the bulk fingerprint's proptest keeps the
+//! `Value`-built digest it replaced as its reference) belong together.
 
 use serde_json::{Map, Value, json};
 
