@@ -8,11 +8,12 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ledger::canonical_json::to_text;
 use ledger::domain::{
     Account, Bic, Command, Currency, Event, Iban, IbanCheck, TransferBulkCommand, TransferLine, apply, decide,
     parse_amount,
 };
-use ledger::event_store::hash::{GENESIS, HashInput, canonical, event_hash};
+use ledger::event_store::hash::{GENESIS, HashInput, event_hash};
 use uuid::Uuid;
 
 fn account() -> Account {
@@ -80,7 +81,7 @@ fn deciding(c: &mut Criterion) {
     let metadata = serde_json::json!({"request_id": "bench", "idempotency_key": null, "command": "TransferBulk"});
     group.bench_function("hash (canonical JSON + SHA-256)", |b| {
         b.iter(|| {
-            let (data, metadata) = (canonical(black_box(&data)), canonical(&metadata));
+            let (data, metadata) = (to_text(black_box(&data)), to_text(&metadata));
             event_hash(
                 &GENESIS,
                 &HashInput {

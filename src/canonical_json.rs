@@ -31,6 +31,13 @@ pub fn canonical_json(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
+/// `value`'s canonical form as text (what an append hashes and stores).
+pub fn to_text(value: &Value) -> String {
+    let mut out = Vec::with_capacity(256);
+    canonical_json(value, &mut out);
+    String::from_utf8(out).expect("JSON is written as UTF-8")
+}
+
 /// SHA-256 of `value`'s canonical form.
 pub fn digest(value: &Value) -> [u8; 32] {
     let mut buffer = Vec::with_capacity(256);

@@ -9,17 +9,14 @@
 //! on each other.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
-
-use crate::canonical_json::canonical_json;
 
 /// The "previous hash" of a stream's first event.
 pub const GENESIS: [u8; 32] = [0; 32];
 
 /// What an event's hash covers. `data` and `metadata` are the canonical
-/// JSON of its payload and metadata ([`canonical`]): an append writes each
+/// JSON of its payload and metadata ([`crate::canonical_json::to_text`]): an append writes each
 /// event's canonical text once, hashes it and sends the same text as the
 /// stored `jsonb`; a verifier canonicalises what PostgreSQL gives back.
 pub struct HashInput<'a> {
@@ -30,13 +27,6 @@ pub struct HashInput<'a> {
     pub recorded_at: DateTime<Utc>,
     pub data: &'a [u8],
     pub metadata: &'a [u8],
-}
-
-/// The canonical JSON of a payload or metadata document, as hashed.
-pub fn canonical(value: &Value) -> String {
-    let mut out = Vec::with_capacity(256);
-    canonical_json(value, &mut out);
-    String::from_utf8(out).expect("JSON is written as UTF-8")
 }
 
 pub fn event_hash(previous: &[u8; 32], input: &HashInput<'_>) -> [u8; 32] {
@@ -57,12 +47,13 @@ pub fn event_hash(previous: &[u8; 32], input: &HashInput<'_>) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::canonical_json::to_text;
     use serde_json::json;
 
     #[test]
     fn any_change_to_an_event_changes_its_hash() {
-        let data = canonical(&json!({"amount_cents": 100}));
-        let metadata = canonical(&json!({}));
+        let data = to_text(&json!({"amount_cents": 100}));
+        let metadata = to_text(&json!({}));
         let at = DateTime::from_timestamp_micros(1_700_000_000_000_000).unwrap();
         let base = HashInput {
             stream_id: Uuid::from_u128(1),
@@ -74,7 +65,7 @@ mod tests {
             metadata: metadata.as_bytes(),
         };
         let h = event_hash(&GENESIS, &base);
-        let other_data = canonical(&json!({"amount_cents": 101}));
+        let other_data = to_text(&json!({"amount_cents": 101}));
         assert_ne!(
             h,
             event_hash(
@@ -97,8 +88,8 @@ mod tests {
     #[test]
     fn the_hash_is_sha256_of_the_previous_hash_the_header_and_the_canonical_documents() {
         // The layout every stored chain was written with: it must never change.
-        let data = canonical(&json!({"b": 1, "a": "é"}));
-        let metadata = canonical(&json!({"request_id": "r"}));
+        let data = to_text(&json!({"b": 1, "a": "é"}));
+        let metadata = to_text(&json!({"request_id": "r"}));
         let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
         let input = HashInput {
             stream_id: Uuid::from_u128(7),

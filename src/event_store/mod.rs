@@ -22,9 +22,10 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::canonical_json::to_text;
 use crate::domain::Event;
 pub use feed::{FeedCursor, FeedEntry, FeedEvent, PAGE_BYTES, read_feed, read_feed_for};
-use hash::{HashInput, canonical, event_hash};
+use hash::{HashInput, event_hash};
 
 /// An event to append, with who asked for it.
 #[derive(Debug, Clone)]
@@ -120,7 +121,7 @@ impl StoredEvent {
 
     /// Recomputes this event's hash from its content and `previous`.
     pub fn computed_hash(&self, previous: &[u8; 32]) -> [u8; 32] {
-        let (data, metadata) = (canonical(&self.data), canonical(&self.metadata));
+        let (data, metadata) = (to_text(&self.data), to_text(&self.metadata));
         event_hash(
             previous,
             &HashInput {
@@ -296,8 +297,8 @@ impl<'a> PreparedAppend<'a> {
         let mut previous = append.head.hash;
         for (offset, new) in append.events.iter().enumerate() {
             let version = append.head.version + 1 + offset as i64;
-            let data = canonical(&new.event.data());
-            let metadata = canonical(&new.metadata);
+            let data = to_text(&new.event.data());
+            let metadata = to_text(&new.metadata);
             let hash = event_hash(
                 &previous,
                 &HashInput {
