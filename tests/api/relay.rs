@@ -228,16 +228,23 @@ async fn until_stream_holds(context: &jetstream::Context, name: &str, count: u64
 
 /// Waits (bounded) until the posting process and the relay have both
 /// passed every event of the log, and returns the log's size.
+///
+/// The log is counted before and after the two lags are read: the posting
+/// process appends credits of its own, and a count taken before it wrote
+/// them (with both lags read as 0 after it did) would be short.
 async fn until_relayed(pool: &PgPool) -> i64 {
-    let started = Instant::now();
-    loop {
-        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events")
             .fetch_one(pool)
             .await
-            .unwrap();
+            .unwrap()
+    };
+    let started = Instant::now();
+    loop {
+        let events = count().await;
         let (_, posting) = ledger::posting::lag(pool).await.unwrap();
         let relay = ledger::relay::lag(pool).await.unwrap().map(|(_, lag)| lag);
-        if posting == 0 && relay == Some(0) {
+        if posting == 0 && relay == Some(0) && count().await == events {
             return events;
         }
         assert!(
@@ -447,12 +454,18 @@ async fn a_jetstream_consumer_gets_every_event_once_across_kills_restarts_and_tw
     assert!(commands >= 40, "the load made {commands} commands");
     let events = until_relayed(&pool).await;
     until_stream_holds(&context, "LEDGER", events as u64).await;
-    assert_eq!(
-        stream_messages(&context, "LEDGER").await,
-        events as u64,
-        "no message twice"
-    );
-    let received = consume(&context, "LEDGER", events as usize).await;
+    // Everything the stream holds is read, so that a failure names the
+    // messages that came twice (or the events that are missing).
+    let in_stream = stream_messages(&context, "LEDGER").await;
+    let received = consume(&context, "LEDGER", in_stream as usize).await;
+    let mut seen = std::collections::HashSet::new();
+    let twice: Vec<&str> = received
+        .iter()
+        .filter(|message| !seen.insert(message.id.as_str()))
+        .map(|message| message.id.as_str())
+        .collect();
+    assert!(twice.is_empty(), "messages that came twice: {twice:?}");
+    assert_eq!(in_stream, events as u64, "one message per event of the log");
     assert_exactly_the_feed(&pool, &received).await;
 
     // The relay's lag, in the operator's two places.
