@@ -31,7 +31,11 @@ CREATE TABLE IF NOT EXISTS balances (
 -- order, no event twice). Set-based, so the same function serves the inline
 -- path (one command's events) and a rebuild (a range of the log).
 -- PL/pgSQL rather than SQL: its statements are planned once per session and
--- reused, where a SQL function would be planned again at every append.
+-- reused, where a SQL function would be planned again at every append. Only
+-- with `plan_cache_mode = force_generic_plan`, though: left to choose, the
+-- plan cache finds a plan made for a batch of one or two events cheaper
+-- than the generic one and plans again at every call, which at low load
+-- (batches of a few commands) was about 0.1 ms of each append's 0.6 ms.
 --
 -- The update reaches each account's row through the primary key. The
 -- reused (generic) plan estimates any batch at 10 events, and against a
@@ -41,6 +45,7 @@ CREATE TABLE IF NOT EXISTS balances (
 -- rule that plan out.
 CREATE OR REPLACE FUNCTION projection_balances_apply(batch events[]) RETURNS bigint
 LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
 AS $$
 DECLARE

@@ -41,9 +41,10 @@ ALTER TABLE transactions ADD COLUMN IF NOT EXISTS reason text;
 -- credit or return), when it gave one. Added later, the same way.
 ALTER TABLE transactions ADD COLUMN IF NOT EXISTS end_to_end_id text;
 
--- PL/pgSQL: planned once per session, not at every call.
+-- PL/pgSQL, its plan made once per session and reused (generic: see
+-- `projection_balances_apply` for why it is forced), not at every call.
 CREATE OR REPLACE FUNCTION projection_transactions_apply(batch events[]) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     rows_written bigint;
 BEGIN
