@@ -54,6 +54,15 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Stops this cluster and removes its directory once the current process
+    /// has exited, however it exits (the same watchdog as [`Cluster::temporary`]'s):
+    /// for a test's own cluster made with [`Cluster::ensure`], which a test
+    /// run killed midway (Ctrl-C, a timeout, output piped into `head`) would
+    /// otherwise leave running, since no destructor runs then.
+    pub fn remove_when_this_process_exits(&self) -> Result<(), PgError> {
+        self.spawn_watchdog()
+    }
+
     /// Starts a detached shell that waits for this process to exit, then stops
     /// the server and removes the cluster's directories.
     ///

@@ -307,6 +307,7 @@ async fn a_database_outage_is_a_fast_503_and_the_service_recovers_without_a_rest
             .unwrap()
             .unwrap()
     };
+    cluster.remove_when_this_process_exits().unwrap();
     let url = cluster.url("ledger");
     let server = Binary::serve(&[
         ("DATABASE_URL", &url),

@@ -472,8 +472,10 @@ pub async fn post_everything(pool: &PgPool) {
 }
 
 /// A test's own cluster (for settings a shared one cannot take), stopped
-/// and removed however the test ends: a failed assertion included, so no
-/// postmaster outlives the run.
+/// and removed however the test ends: a failed assertion included (on
+/// drop), and the whole run killed midway (by the watchdog of
+/// [`Cluster::remove_when_this_process_exits`]), so no postmaster outlives
+/// the run.
 pub struct OwnCluster {
     pub cluster: Cluster,
     root: std::path::PathBuf,
@@ -489,6 +491,7 @@ impl OwnCluster {
                 .unwrap()
                 .unwrap()
         };
+        cluster.remove_when_this_process_exits().unwrap();
         OwnCluster { cluster, root }
     }
 
@@ -503,6 +506,7 @@ impl OwnCluster {
                 .unwrap()
                 .unwrap()
         };
+        cluster.remove_when_this_process_exits().unwrap();
         OwnCluster { cluster, root }
     }
 
