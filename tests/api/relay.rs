@@ -142,7 +142,7 @@ struct Relay(Child);
 
 impl Relay {
     fn start(database_url: &str, nats: &Nats, stream: &str) -> Relay {
-        let child = Command::new(env!("CARGO_BIN_EXE_ledger"))
+        let child = ledger_dying_with_the_test()
             .arg("relay")
             .env("DATABASE_URL", database_url)
             .env("LEDGER_NATS_URL", nats.url())

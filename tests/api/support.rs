@@ -339,11 +339,28 @@ pub struct Binary {
     pub client: reqwest::Client,
 }
 
+/// `ledger` (the binary under test) as a command whose process gets SIGKILL
+/// when the thread that starts it ends (`setpriv --pdeathsig`, util-linux,
+/// when installed): a test run killed midway (Ctrl-C, `-9`, output piped
+/// into `head`) leaves no `ledger serve` behind, where a drop alone would.
+/// Start it from the test's own thread or a runtime worker, which live as
+/// long as the test, not from `spawn_blocking`.
+pub fn ledger_dying_with_the_test() -> Command {
+    let setpriv = std::path::Path::new("/usr/bin/setpriv");
+    if setpriv.is_file() {
+        let mut command = Command::new(setpriv);
+        command.args(["--pdeathsig", "KILL", "--", env!("CARGO_BIN_EXE_ledger")]);
+        command
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_ledger"))
+    }
+}
+
 impl Binary {
     /// `ledger serve` on an ephemeral port with the given environment, and
     /// an admin key to call it with.
     pub fn serve(envs: &[(&str, &str)]) -> Binary {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
+        let mut command = ledger_dying_with_the_test();
         command
             .arg("serve")
             .env_remove("DATABASE_URL")
