@@ -342,12 +342,23 @@ pub struct Binary {
 /// `ledger` (the binary under test) as a command whose process gets SIGKILL
 /// when the thread that starts it ends (`setpriv --pdeathsig`, util-linux,
 /// when installed): a test run killed midway (Ctrl-C, `-9`, output piped
-/// into `head`) leaves no `ledger serve` behind, where a drop alone would.
-/// Start it from the test's own thread or a runtime worker, which live as
-/// long as the test, not from `spawn_blocking`.
+/// into `head`) leaves no `ledger serve` behind, which a drop alone does not
+/// prevent.
+/// Start it from the test's own thread, which lives as long as the test,
+/// not from `spawn_blocking` or a thread of its own.
 pub fn ledger_dying_with_the_test() -> Command {
     let setpriv = std::path::Path::new("/usr/bin/setpriv");
-    if setpriv.is_file() {
+    // util-linux before 2.33 has setpriv without --pdeathsig: ask it once.
+    static TAKES_PDEATHSIG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let usable = *TAKES_PDEATHSIG.get_or_init(|| {
+        Command::new(setpriv)
+            .args(["--pdeathsig", "KILL", "--", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    });
+    if usable {
         let mut command = Command::new(setpriv);
         command.args(["--pdeathsig", "KILL", "--", env!("CARGO_BIN_EXE_ledger")]);
         command
