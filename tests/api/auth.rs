@@ -478,12 +478,12 @@ async fn with_auth_disabled_anyone_may_call_and_events_say_so() {
 #[tokio::test]
 async fn no_key_or_secret_reaches_the_logs() {
     use std::io::Read;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
 
     let db = TestDb::new().await;
     let url = db.url();
     let admin = create_key_with_cli(&url, &["--admin"]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ledger"))
+    let mut child = ledger_dying_with_the_test()
         .arg("serve")
         .env("DATABASE_URL", &url)
         .env("LEDGER_LISTEN", "127.0.0.1:0")

@@ -3,7 +3,7 @@
 //! environment the compose file gives the service.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::Value;
 
@@ -44,7 +44,7 @@ async fn the_binary_runs_with_the_compose_environment() {
         .unwrap()
         .clone();
     let db = TestDb::new().await;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
+    let mut command = ledger_dying_with_the_test();
     command
         .arg("serve")
         .env_clear()
