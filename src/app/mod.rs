@@ -252,6 +252,12 @@ impl Ledger {
         self.group_commit.stats.snapshot()
     }
 
+    /// Commands waiting in the group-commit lanes' queues, not yet taken
+    /// into a batch.
+    pub fn group_commit_queued(&self) -> usize {
+        self.group_commit.queued()
+    }
+
     /// The most accounts one committed group-commit batch appended to.
     pub fn group_commit_accounts_max(&self) -> u64 {
         self.group_commit

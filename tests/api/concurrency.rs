@@ -492,6 +492,88 @@ async fn a_batch_decided_on_one_in_flight_is_decided_again_when_that_one_fails()
     assert!(audit.chain_valid && audit.consistent, "{audit:?}");
 }
 
+/// Without pipelining a leader goes straight on to the commands queued
+/// while its batch committed; its own caller is answered with that batch
+/// all the same, not once the leader stops leading. The first deposit's
+/// batch is held by a lock on the account's projection row while a second
+/// deposit queues behind it, and a second holder queues for the same row,
+/// so the next batch (which the same leader goes on to) is held in turn:
+/// the first caller must have its 201 while that batch is still held.
+#[tokio::test]
+async fn a_leader_s_own_caller_is_answered_with_its_batch_while_it_leads_the_next() {
+    let mut settings = seed_settings();
+    settings.group_commit.lanes = 1;
+    settings.group_commit.pipeline_depth = 1;
+    settings.group_commit.batch_wait = std::time::Duration::ZERO;
+    let app = TestApp::spawn_with(settings).await;
+    let iban = iban_of(78);
+    open_funded(&app, &iban, "Chained GmbH", "100.00").await;
+    let hold = "SELECT 1 FROM balances WHERE iban = $1 FOR UPDATE";
+
+    let mut first_holder = app.pool.acquire().await.unwrap();
+    sqlx::query("BEGIN").execute(&mut *first_holder).await.unwrap();
+    sqlx::query(hold).bind(&iban).execute(&mut *first_holder).await.unwrap();
+    let deposit = |amount: &str| {
+        app.client
+            .post(app.url(&format!("/v1/accounts/{iban}/deposits")))
+            .json(&serde_json::json!({"amount": amount}))
+            .send()
+    };
+    let first = tokio::spawn(deposit("10.00"));
+    let _: i32 = wait_for_backend(
+        &app.pool,
+        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO events%'",
+    )
+    .await;
+    let second = tokio::spawn(deposit("20.00"));
+    for _ in 0..500 {
+        if app.ledger.group_commit_queued() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        app.ledger.group_commit_queued(),
+        1,
+        "the second deposit waits behind the first batch"
+    );
+    // The second holder queues for the row behind the first batch.
+    let pool = app.pool.clone();
+    let row = iban.clone();
+    let second_holder = tokio::spawn(async move {
+        let mut connection = pool.acquire().await.unwrap();
+        sqlx::query("BEGIN").execute(&mut *connection).await.unwrap();
+        sqlx::query(hold).bind(&row).execute(&mut *connection).await.unwrap();
+        connection
+    });
+    let _: i32 = wait_for_backend(
+        &app.pool,
+        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'",
+    )
+    .await;
+    sqlx::query("COMMIT").execute(&mut *first_holder).await.unwrap();
+
+    let mut second_holder = second_holder.await.unwrap();
+    // The second batch is now held by the second holder ...
+    let _: i32 = wait_for_backend(
+        &app.pool,
+        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO events%'",
+    )
+    .await;
+    // ... and the first caller has its answer regardless.
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), first)
+        .await
+        .expect("the first caller is answered while its leader's next batch is held")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.status(), 201);
+    assert!(!second.is_finished(), "the second batch is still held");
+    sqlx::query("COMMIT").execute(&mut *second_holder).await.unwrap();
+    let second = second.await.unwrap().unwrap();
+    assert_eq!(second.status(), 201);
+    assert_eq!(app.balance_cents(&iban).await, 13_000, "100.00 + 10.00 + 20.00");
+}
+
 /// Polls until `sql` finds a backend, and returns its pid.
 async fn wait_for_backend(pool: &sqlx::PgPool, sql: &str) -> i32 {
     for _ in 0..500 {
