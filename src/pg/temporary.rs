@@ -11,6 +11,7 @@ use std::fs::{self, DirBuilder};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
@@ -54,13 +55,21 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Stops this cluster and removes its directory once the current process
-    /// has exited, however it exits (the same watchdog as [`Cluster::temporary`]'s):
-    /// for a test's own cluster made with [`Cluster::ensure`], which a test
-    /// run killed midway (Ctrl-C, a timeout, output piped into `head`) would
-    /// otherwise leave running, since no destructor runs then.
-    pub fn remove_when_this_process_exits(&self) -> Result<(), PgError> {
-        self.spawn_watchdog()
+    /// Stops the cluster that [`Cluster::ensure`] or [`Cluster::standby_of`]
+    /// is about to make under `root` (created here if missing) and removes
+    /// its directory once the current process has exited, however it exits
+    /// (the same watchdog as [`Cluster::temporary`]'s): for a test's own
+    /// cluster, which a test run killed midway (Ctrl-C, a timeout, output
+    /// piped into `head`) would otherwise leave running, since no destructor
+    /// runs then. Asked for before `ensure` or `standby_of`, so a run killed
+    /// during their initdb or base backup is cleaned up too.
+    pub fn remove_at_exit(root: &Path) -> Result<(), PgError> {
+        let bin_dir = find_bin_dir().ok_or(PgError::NoBinaries)?;
+        let user = ServerUser::detect()?;
+        fs::create_dir_all(root).map_err(io_err(format!("cannot create {}", root.display())))?;
+        // The path `ensure` and `standby_of` will use: they canonicalize too.
+        let root = fs::canonicalize(root).map_err(io_err(format!("cannot resolve {}", root.display())))?;
+        Cluster::new(root, bin_dir, user, false).spawn_watchdog()
     }
 
     /// Starts a detached shell that waits for this process to exit, then stops

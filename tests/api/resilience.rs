@@ -300,6 +300,7 @@ async fn a_statement_over_its_time_limit_is_cancelled_and_writes_nothing() {
 #[tokio::test]
 async fn a_database_outage_is_a_fast_503_and_the_service_recovers_without_a_restart() {
     let root = std::env::temp_dir().join(format!("ledger-outage-{}", uuid::Uuid::new_v4().simple()));
+    ledger::pg::Cluster::remove_at_exit(&root).unwrap();
     let cluster = {
         let root = root.clone();
         tokio::task::spawn_blocking(move || ledger::pg::Cluster::ensure(&root))
@@ -307,7 +308,6 @@ async fn a_database_outage_is_a_fast_503_and_the_service_recovers_without_a_rest
             .unwrap()
             .unwrap()
     };
-    cluster.remove_when_this_process_exits().unwrap();
     let url = cluster.url("ledger");
     let server = Binary::serve(&[
         ("DATABASE_URL", &url),

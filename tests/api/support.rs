@@ -502,7 +502,7 @@ pub async fn post_everything(pool: &PgPool) {
 /// A test's own cluster (for settings a shared one cannot take), stopped
 /// and removed however the test ends: a failed assertion included (on
 /// drop), and the whole run killed midway (by the watchdog of
-/// [`Cluster::remove_when_this_process_exits`]), so no postmaster outlives
+/// [`Cluster::remove_at_exit`], set up before initdb), so no postmaster outlives
 /// the run.
 pub struct OwnCluster {
     pub cluster: Cluster,
@@ -512,6 +512,7 @@ pub struct OwnCluster {
 impl OwnCluster {
     pub async fn start(purpose: &str) -> OwnCluster {
         let root = std::env::temp_dir().join(format!("ledger-{purpose}-{}", uuid::Uuid::new_v4().simple()));
+        Cluster::remove_at_exit(&root).unwrap();
         let cluster = {
             let root = root.clone();
             tokio::task::spawn_blocking(move || Cluster::ensure(&root))
@@ -519,7 +520,6 @@ impl OwnCluster {
                 .unwrap()
                 .unwrap()
         };
-        cluster.remove_when_this_process_exits().unwrap();
         OwnCluster { cluster, root }
     }
 
@@ -527,6 +527,7 @@ impl OwnCluster {
     /// beside it, stopped and removed like it.
     pub async fn standby(&self, purpose: &str) -> OwnCluster {
         let root = std::env::temp_dir().join(format!("ledger-{purpose}-{}", uuid::Uuid::new_v4().simple()));
+        Cluster::remove_at_exit(&root).unwrap();
         let cluster = {
             let (primary, root) = (self.cluster.clone(), root.clone());
             tokio::task::spawn_blocking(move || Cluster::standby_of(&primary, &root))
@@ -534,7 +535,6 @@ impl OwnCluster {
                 .unwrap()
                 .unwrap()
         };
-        cluster.remove_when_this_process_exits().unwrap();
         OwnCluster { cluster, root }
     }
 
