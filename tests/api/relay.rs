@@ -12,7 +12,7 @@
 //! LEDGER_NATS_TESTS=1, which turns a missing binary into a failure.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -85,7 +85,7 @@ impl Nats {
     }
 
     fn start_again(&mut self) {
-        let child = Command::new(&self.binary)
+        let child = dying_with_the_test(&self.binary)
             .arg("-c")
             .arg(self.store.join("nats.conf"))
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])

@@ -347,6 +347,13 @@ pub struct Binary {
 /// Start it from the test's own thread, which lives as long as the test,
 /// not from `spawn_blocking` or a thread of its own.
 pub fn ledger_dying_with_the_test() -> Command {
+    dying_with_the_test(env!("CARGO_BIN_EXE_ledger"))
+}
+
+/// Any program as a command dying with the test, as
+/// [`ledger_dying_with_the_test`] does for `ledger` (e.g. the relay tests'
+/// `nats-server`).
+pub fn dying_with_the_test(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let setpriv = std::path::Path::new("/usr/bin/setpriv");
     // util-linux before 2.33 has setpriv without --pdeathsig: ask it once.
     static TAKES_PDEATHSIG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -360,10 +367,10 @@ pub fn ledger_dying_with_the_test() -> Command {
     });
     if usable {
         let mut command = Command::new(setpriv);
-        command.args(["--pdeathsig", "KILL", "--", env!("CARGO_BIN_EXE_ledger")]);
+        command.args(["--pdeathsig", "KILL", "--"]).arg(program);
         command
     } else {
-        Command::new(env!("CARGO_BIN_EXE_ledger"))
+        Command::new(program)
     }
 }
 
