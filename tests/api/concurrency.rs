@@ -496,9 +496,10 @@ async fn a_batch_decided_on_one_in_flight_is_decided_again_when_that_one_fails()
 /// while its batch committed; its own caller is answered with that batch
 /// all the same, not once the leader stops leading. The first deposit's
 /// batch is held by a lock on the account's projection row while a second
-/// deposit queues behind it, and a second holder queues for the same row,
-/// so the next batch (which the same leader goes on to) is held in turn:
-/// the first caller must have its 201 while that batch is still held.
+/// deposit queues behind it, and a second holder queues for a lock on
+/// `events` behind the first batch, so the next batch (which the same
+/// leader goes on to) is held in turn: the first caller must have its 201
+/// while that batch is still held.
 #[tokio::test]
 async fn a_leader_s_own_caller_is_answered_with_its_batch_while_it_leads_the_next() {
     let mut settings = seed_settings();
@@ -537,18 +538,22 @@ async fn a_leader_s_own_caller_is_answered_with_its_batch_while_it_leads_the_nex
         1,
         "the second deposit waits behind the first batch"
     );
-    // The second holder queues for the row behind the first batch.
+    // The second holder queues, behind the first batch's transaction, for a
+    // lock on `events` that every append waits for: whenever the leader
+    // sends the next batch, that batch waits behind it.
     let pool = app.pool.clone();
-    let row = iban.clone();
     let second_holder = tokio::spawn(async move {
         let mut connection = pool.acquire().await.unwrap();
         sqlx::query("BEGIN").execute(&mut *connection).await.unwrap();
-        sqlx::query(hold).bind(&row).execute(&mut *connection).await.unwrap();
+        sqlx::query("LOCK TABLE events IN SHARE MODE")
+            .execute(&mut *connection)
+            .await
+            .unwrap();
         connection
     });
     let _: i32 = wait_for_backend(
         &app.pool,
-        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'",
+        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'LOCK TABLE events%'",
     )
     .await;
     sqlx::query("COMMIT").execute(&mut *first_holder).await.unwrap();
