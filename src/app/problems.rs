@@ -101,6 +101,9 @@ impl From<Problem> for AppError {
 
 impl From<sqlx::Error> for AppError {
     fn from(error: sqlx::Error) -> AppError {
+        if is_outcome_unknown(&error) {
+            crate::db::note_connection_lost();
+        }
         if is_unavailable(&error) {
             AppError::Unavailable(anyhow::Error::new(error).context("database"))
         } else {

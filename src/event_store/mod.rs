@@ -447,6 +447,7 @@ impl<'a> IdempotencyColumns<'a> {
 
 fn classify(error: sqlx::Error) -> AppendError {
     if crate::app::is_outcome_unknown(&error) {
+        crate::db::note_connection_lost();
         return AppendError::OutcomeUnknown(error);
     }
     if let sqlx::Error::Database(db) = &error {
