@@ -188,9 +188,9 @@ impl TestApp {
                 .build()
                 .expect("server runtime");
             runtime.block_on(async move {
-                let server_pool = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(16)
-                    .connect_with(options)
+                // The pool `ledger serve` makes (its checks before handing a
+                // connection out included).
+                let server_pool = ledger::db::connect(options, &ledger::db::PoolSettings::default())
                     .await
                     .expect("connect the server to the test database");
                 let ledger = Arc::new(Ledger::new(server_pool, settings));
